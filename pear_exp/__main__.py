@@ -1,0 +1,101 @@
+"""Entry point: `python -m pear_exp [overrides]`.
+
+Validates the command line, composes the Hydra config (typed by pear_exp.config), converts it once
+into a `Config` and runs the pipeline in the job's output directory (never chdir).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pear_exp.config import Config, register_configs
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigKeyError(SystemExit):
+    pass
+
+
+def config_groups() -> list[str]:
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+
+
+def check_override_keys(args: list[str]) -> None:
+    """Reject keys the schema does not have, naming the valid ones, before Hydra starts.
+
+    Hydra already lists the valid options of a misspelt group value (weighting=blok); this covers
+    keys: `weighting.gama=1` or `+experimnt=x` would otherwise fail without the valid names, or
+    (with +) be appended silently.
+    """
+    groups = config_groups()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key.startswith("hydra") or "@" in key:
+            continue  # Hydra's own settings; a group placed at a package (model@teacher)
+        parts = key.split(".")
+        if len(parts) == 1 and parts[0] in groups:
+            continue  # a group choice: Hydra checks the option and lists the valid ones
+        schema: type | None = Config
+        for depth, part in enumerate(parts):
+            fields = {f.name: f for f in dataclasses.fields(schema)}
+            if part not in fields:
+                where = ".".join(parts[:depth]) or "the top level"
+                message = (f"error: unknown config key '{key}' in override '{arg}'.\n"
+                           f"Valid keys at {where}: {', '.join(sorted(fields))}")
+                if depth == 0:
+                    message += f"\nConfig groups: {', '.join(groups)} (presets: +experiment=NAME)"
+                raise ConfigKeyError(message)
+            schema = _dataclass_of(fields[part].type)
+            if schema is None:
+                break  # a leaf, list or dict: Hydra validates the value's type
+
+
+def _dataclass_of(annotation) -> type | None:
+    import pear_exp.config as config_module
+
+    name = str(annotation).replace("Optional[", "").rstrip("]")
+    candidate = getattr(config_module, name, None)
+    return candidate if dataclasses.is_dataclass(candidate) else None
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(dict_cfg: DictConfig) -> dict:
+    from pear_exp.pipeline import run
+
+    hydra_cfg = HydraConfig.get()
+    cfg: Config = OmegaConf.to_object(dict_cfg)
+    run_dir = Path(cfg.run_dir or hydra_cfg.runtime.output_dir)
+    choices = {k: v for k, v in hydra_cfg.runtime.choices.items()
+               if not k.startswith("hydra") and v is not None and k != "base_config"}
+    resolved = OmegaConf.to_container(dict_cfg, resolve=True)
+    resolved["choices"] = choices
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+    return run(cfg, run_dir, resolved, choices)
+
+
+def cli() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        check_override_keys(sys.argv[1:])
+    except ConfigKeyError as err:
+        print(err.code, file=sys.stderr)
+        sys.exit(2)
+    main()
+
+
+if __name__ == "__main__":
+    cli()

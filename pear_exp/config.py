@@ -1,0 +1,191 @@
+"""Typed configuration: the schema every Hydra config is validated against.
+
+conf/config.yaml names `base_config` (registered below) first in its defaults list, so every group
+file and every command-line override is checked against these dataclasses at compose time: an
+unknown key or a value outside an enum fails before anything runs. `__main__` converts the
+composed DictConfig once into a `Config` and hands each stage only its own sub-config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class WeightLevel(Enum):
+    none = "none"
+    token = "token"
+    block = "block"
+    sequence = "sequence"
+
+
+class Normalization(Enum):
+    tokens = "tokens"  # N = number of loss tokens in the optimizer step (PEAR.md default)
+    weights = "weights"  # self-normalised: N = sum of W over the optimizer step
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"  # bf16 autocast for the forward pass; master weights stay fp32
+
+
+class PretrainData(Enum):
+    solutions = "solutions"  # the task's own solver answers: makes a teacher
+    domain = "domain"  # text of the task's domain that is not the task: makes a student base
+
+
+class Stage(Enum):
+    behavior = "behavior"
+    sft = "sft"
+    evaluate = "evaluate"
+
+
+class BehaviorSource(Enum):
+    teacher = "teacher"  # the teacher samples responses; verified-correct ones are kept
+    dataset = "dataset"  # an existing prompt/response dataset, scored by the teacher
+
+
+class Engine(Enum):
+    hf = "hf"
+
+
+class LoggerBackend(Enum):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(Enum):
+    auto = "auto"  # online when an API key is configured, otherwise offline
+    online = "online"
+    offline = "offline"
+
+
+@dataclass
+class TinyModelConfig:
+    """A small Qwen3-architecture model that the framework builds, pretrains and caches itself."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    head_dim: int = 32  # vLLM's CPU attention needs 32 or 64
+    intermediate_size: int = 384
+    max_positions: int = 256
+    pretrain: PretrainData = PretrainData.solutions
+    pretrain_examples: int = 20000
+    pretrain_steps: int = 600
+    batch_size: int = 64
+    lr: float = 2e-3
+    seed: int = 1234
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    path: Optional[str] = None  # hub id or local directory; null builds the tiny model below
+    tiny: Optional[TinyModelConfig] = None
+    dtype: str = "float32"  # torch dtype the weights are loaded in
+    trust_remote_code: bool = False
+
+
+@dataclass
+class WeightingConfig:
+    level: WeightLevel = WeightLevel.block
+    block_size: int = 4
+    gamma: float = 0.999
+    delta_clip: list[float] = field(default_factory=lambda: [-0.08, 0.3])
+    log_weight_clip: list[float] = field(default_factory=lambda: [-10.0, 5.0])
+    # The target policy is the current model evaluated at the RL sampling temperature (PEAR.md).
+    target_temperature: float = 1.0
+    normalization: Normalization = Normalization.tokens
+
+
+@dataclass
+class TaskConfig:
+    name: str = "countdown"
+    num_train: int = 4000  # training prompts (behavior data is sampled for these)
+    num_eval: int = 200  # held-out prompts, removed from training by id
+    data_seed: int = 0  # fixed split, independent of the run's seed
+    num_numbers: int = 3
+    min_value: int = 1
+    max_value: int = 20
+    max_target: int = 999
+    system_prompt: Optional[str] = None
+
+
+@dataclass
+class RolloutConfig:
+    engine: Engine = Engine.hf
+    batch_size: int = 512  # sequences per generate call
+
+
+@dataclass
+class BehaviorConfig:
+    source: BehaviorSource = BehaviorSource.teacher
+    dataset: Optional[str] = None  # JSONL path or datasets id with prompt/response columns
+    samples_per_prompt: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    keep_only_correct: bool = True
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 300  # optimizer steps
+    batch_size: int = 64  # sequences per optimizer step
+    micro_batch_size: int = 64  # sequences per forward/backward; batch_size must be a multiple
+    lr: float = 2e-3
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    precision: Precision = Precision.fp32
+    gradient_checkpointing: bool = False
+    max_seq_len: int = 256  # longer examples are an error, not silently truncated
+    log_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 4  # n samples per problem for pass@k / avg@n
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    greedy: bool = True  # also report greedy accuracy
+
+
+@dataclass
+class LoggerConfig:
+    backend: LoggerBackend = LoggerBackend.wandb
+    mode: WandbMode = WandbMode.auto
+    project: str = "pear_exp"
+    entity: Optional[str] = None
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    stages: list[Stage] = field(
+        default_factory=lambda: [Stage.behavior, Stage.sft, Stage.evaluate]
+    )
+    seed: int = 0
+    run_dir: Optional[str] = None  # null: Hydra's output directory for this job
+    cache_dir: str = "~/.cache/pear_exp"  # tiny models built by the framework are cached here
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    experiment: Optional[str] = None  # set by +experiment presets, used as the W&B group
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)

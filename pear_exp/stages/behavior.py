@@ -1,0 +1,191 @@
+"""Behavior stage: offline SFT data with behavior log-probs b_t = log pi_b(y_t | x, y_<t).
+
+Two sources (behavior.source):
+- teacher: the teacher samples `samples_per_prompt` responses for every training prompt through
+  the rollout engine; responses the task's verifier scores 1.0 are kept (all of them, duplicates
+  included: they are samples of pi_b), and b_t is the log-prob of the distribution that sampled
+  each token, i.e. after temperature and top-p.
+- dataset: an existing prompt/response dataset (a JSONL file or a datasets id) is scored by the
+  teacher in one teacher-forced pass at behavior.temperature. top_p < 1 is refused there: a
+  response token outside the nucleus would have probability 0.
+
+Either way the stored token ids are the student's: the prompt goes through the student's chat
+template and the teacher must share the student's tokenizer (a mismatch is an error, never
+silently realigned). The artifact is a datasets dataset with one row per example:
+    problem_id, prompt, response: str
+    input_ids: list[int]           prompt + response + end-of-turn token
+    loss_mask: list[int]           1 on the response tokens and the end-of-turn token
+    behavior_logprobs: list[float] b_t on loss tokens, 0.0 elsewhere
+and meta.json beside it (teacher, source, temperature, top_p, counts).
+`validate_rows` checks such data before any training step and names the first bad row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from datasets import Dataset, load_dataset
+from tqdm.auto import tqdm
+
+from pear_exp.config import BehaviorConfig, BehaviorSource
+from pear_exp.losses import token_logprobs
+from pear_exp.models import end_of_turn_ids, prompt_ids, response_ids
+from pear_exp.rollout.hf import HFEngine
+from pear_exp.stages.sft import collate
+from pear_exp.tasks.base import Problem
+
+COLUMNS = ("problem_id", "prompt", "response", "input_ids", "loss_mask", "behavior_logprobs")
+
+
+class DataError(ValueError):
+    """Bad offline data: raised before any training step, naming the row and the problem."""
+
+
+def check_same_tokenizer(teacher_tok, student_tok) -> None:
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        raise DataError(
+            "the teacher's tokenizer differs from the student's: behavior data must use the token "
+            "ids the student trains on (PEAR.md); use a teacher of the same tokenizer family"
+        )
+
+
+def make_row(problem_id: str, prompt: str, response: str, prompt_tokens: list[int],
+             completion: list[int], logprobs: list[float]) -> dict:
+    return {
+        "problem_id": problem_id,
+        "prompt": prompt,
+        "response": response,
+        "input_ids": prompt_tokens + completion,
+        "loss_mask": [0] * len(prompt_tokens) + [1] * len(completion),
+        "behavior_logprobs": [0.0] * len(prompt_tokens) + [float(x) for x in logprobs],
+    }
+
+
+def sample_from_teacher(teacher, teacher_tok, student_tok, problems: list[Problem], task,
+                        cfg: BehaviorConfig, batch_size: int, system_prompt: str | None,
+                        seed: int) -> tuple[list[dict], dict]:
+    check_same_tokenizer(teacher_tok, student_tok)
+    prompts = [prompt_ids(student_tok, p.prompt, system_prompt) for p in problems]
+    engine = HFEngine(teacher, teacher_tok, batch_size)
+    completions = engine.generate(
+        prompts, n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens, stop_token_ids=end_of_turn_ids(student_tok),
+        seed=seed, desc="behavior: teacher sampling",
+    )
+    rows, correct, truncated = [], 0, 0
+    for problem, ids, samples in zip(problems, prompts, completions):
+        for c in samples:
+            text = student_tok.decode(c.token_ids, skip_special_tokens=True)
+            reward = task.score(problem, text) if c.finish_reason == "stop" else 0.0
+            correct += reward == 1.0
+            truncated += c.finish_reason != "stop"
+            if reward == 1.0 or not cfg.keep_only_correct:
+                rows.append(make_row(problem.id, problem.prompt, text, ids, c.token_ids, c.logprobs))
+    total = len(problems) * cfg.samples_per_prompt
+    stats = {"samples": total, "kept": len(rows), "teacher_accuracy": correct / max(total, 1),
+             "truncated_frac": truncated / max(total, 1)}
+    return rows, stats
+
+
+@torch.no_grad()
+def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorConfig,
+                  batch_size: int, system_prompt: str | None) -> tuple[list[dict], dict]:
+    """Teacher-forced behavior log-probs for an existing prompt/response dataset."""
+    check_same_tokenizer(teacher_tok, student_tok)
+    if cfg.top_p < 1.0:
+        raise DataError("behavior.top_p < 1 cannot score existing data: tokens outside the "
+                        "nucleus have probability 0; score with top_p=1")
+    if Path(source).exists():
+        data = load_dataset("json", data_files=source, split="train")
+    else:
+        data = load_dataset(source, split="train")
+    missing = [c for c in ("prompt", "response") if c not in data.column_names]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; found {data.column_names}")
+    rows = []
+    for i, ex in enumerate(data):
+        if not isinstance(ex["prompt"], str) or not isinstance(ex["response"], str):
+            raise DataError(f"{source}: row {i}: prompt and response must be strings")
+        p = prompt_ids(student_tok, ex["prompt"], system_prompt)
+        rows.append(make_row(str(ex.get("id", i)), ex["prompt"], ex["response"], p,
+                             response_ids(student_tok, ex["response"]), []))
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    for start in tqdm(range(0, len(rows), batch_size), desc="behavior: teacher scoring", leave=False):
+        chunk = rows[start : start + batch_size]
+        batch = collate(chunk, student_tok.pad_token_id)
+        logits = teacher(input_ids=batch["input_ids"].to(device),
+                         attention_mask=batch["attention_mask"].to(device)).logits
+        logp = token_logprobs(logits, batch["input_ids"].to(device), cfg.temperature).cpu()
+        for k, row in enumerate(chunk):
+            n = len(row["input_ids"])
+            row["behavior_logprobs"] = [
+                float(v) if m else 0.0 for v, m in zip(logp[k, :n].tolist(), row["loss_mask"])
+            ]
+    return rows, {"samples": len(rows), "kept": len(rows)}
+
+
+def validate_rows(data, tokenizer, system_prompt: str | None, max_seq_len: int, name: str) -> None:
+    """Refuse bad behavior data with an error that names the row; changes nothing."""
+    missing = [c for c in COLUMNS if c not in data.column_names]
+    if missing:
+        raise DataError(f"{name}: missing column(s) {missing}; found {data.column_names}")
+    vocab = len(tokenizer)
+    for i, row in enumerate(data):
+        ids, mask, logp = row["input_ids"], row["loss_mask"], row["behavior_logprobs"]
+        where = f"{name}: row {i} (problem {row['problem_id']})"
+        if not (len(ids) == len(mask) == len(logp)):
+            raise DataError(f"{where}: {len(ids)} token ids, {len(mask)} loss-mask entries and "
+                            f"{len(logp)} behavior log-probs; they must be equal")
+        if len(ids) > max_seq_len:
+            raise DataError(f"{where}: {len(ids)} tokens exceeds sft.max_seq_len={max_seq_len}")
+        if any(m not in (0, 1) for m in mask) or not any(mask):
+            raise DataError(f"{where}: loss_mask must be 0/1 with at least one 1")
+        for t, (m, v) in enumerate(zip(mask, logp)):
+            if m and (not math.isfinite(v) or v > 1e-4):
+                raise DataError(f"{where}: behavior log-prob {v} at token {t} is not a finite "
+                                f"log-probability (<= 0)")
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise DataError(f"{where}: token id {bad} is outside the student's vocabulary ({vocab})")
+        start = mask.index(1)
+        expected = prompt_ids(tokenizer, row["prompt"], system_prompt)
+        if ids[:start] != expected:
+            k = next((k for k, (a, b) in enumerate(zip(ids, expected)) if a != b),
+                     min(start, len(expected)))
+            raise DataError(f"{where}: prompt token ids differ from the student's chat formatting "
+                            f"of the prompt at position {k}; made with another tokenizer or "
+                            f"chat template?")
+        decoded = tokenizer.decode(ids[start:], skip_special_tokens=True)
+        if decoded != row["response"]:
+            raise DataError(f"{where}: response token ids decode to {decoded[:60]!r}, not the "
+                            f"stored response {row['response'][:60]!r}")
+
+
+def save(rows: list[dict], meta: dict, out_dir: Path) -> Dataset:
+    data = Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in COLUMNS})
+    data.save_to_disk(str(out_dir / "data"))
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
+    return data
+
+
+def run(teacher, teacher_tok, student_tok, problems: list[Problem], task, cfg: BehaviorConfig,
+        *, batch_size: int, system_prompt: str | None, teacher_name: str, seed: int,
+        out_dir: Path) -> tuple[Dataset, dict]:
+    if cfg.source == BehaviorSource.teacher:
+        rows, stats = sample_from_teacher(teacher, teacher_tok, student_tok, problems, task, cfg,
+                                          batch_size, system_prompt, seed)
+    else:
+        if not cfg.dataset:
+            raise DataError("behavior.source=dataset needs behavior.dataset=<JSONL path or id>")
+        rows, stats = score_dataset(teacher, teacher_tok, student_tok, cfg.dataset, cfg,
+                                    batch_size, system_prompt)
+    if not rows:
+        raise DataError(f"the behavior stage kept no examples ({stats}); a stronger teacher, "
+                        f"more samples_per_prompt or keep_only_correct=false would help")
+    meta = {"teacher": teacher_name, "source": cfg.source.value, "dataset": cfg.dataset,
+            "temperature": cfg.temperature, "top_p": cfg.top_p, **stats}
+    return save(rows, meta, out_dir), meta

@@ -1,0 +1,194 @@
+"""SFT stage: PEAR-weighted supervised fine-tuning on behavior data.
+
+Algorithm, per optimizer step (PEAR.md):
+    for each micro-batch of the step:
+        p_t = log pi_theta(y_t | x, y_<t)                    (with gradient, temperature 1)
+        q_t = log pi_theta at the target temperature, detached (== p_t.detach() at temperature 1)
+        W   = pear_weights(q, b, loss_mask, level, ...)       (detached, 0 off the loss mask)
+        backward of sum_t W_t * (-p_t)
+    divide every gradient by N, N = loss tokens in the whole step (or sum W: self-normalised),
+    clip the gradient norm, AdamW step, learning-rate schedule step.
+Dividing the accumulated gradient by N once, after all micro-batches, makes the objective exactly
+sum W l / N for any micro-batch split (and, later, any data-parallel split).
+
+Batches: examples are grouped by length within windows of 50 batches and the batch order is then
+shuffled, so little compute goes to padding while the data order stays random.
+Weighting `none` is plain SFT (W = mask); the tiny models are pretrained with this same loop.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Callable, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from pear_exp.config import Normalization, Precision, SFTConfig, WeightingConfig, WeightLevel
+from pear_exp.losses import token_logprobs, weighted_nll_sum
+from pear_exp.weighting import pear_weights, pear_weights_with_stats
+
+Row = dict  # input_ids: list[int], loss_mask: list[int], behavior_logprobs: list[float]
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, window: int = 50
+) -> Iterator[list[int]]:
+    """Endless stream of batches (lists of row indices), epoch after epoch."""
+    rng = random.Random(seed)
+    while True:
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        batches = []
+        span = batch_size * window
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start : start + span], key=lambda i: lengths[i])
+            batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        yield from (b for b in batches if len(b) == batch_size)
+
+
+def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of rows into (batch, seq) tensors."""
+    width = max(len(r["input_ids"]) for r in rows)
+
+    def pad(key, value, dtype):
+        return torch.tensor([r[key] + [value] * (width - len(r[key])) for r in rows], dtype=dtype)
+
+    return {
+        "input_ids": pad("input_ids", pad_id, torch.long),
+        "attention_mask": torch.tensor(
+            [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
+        ),
+        "loss_mask": pad("loss_mask", 0, torch.float32),
+        "behavior_logprobs": pad("behavior_logprobs", 0.0, torch.float32),
+    }
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine decay to min_ratio at total_steps."""
+
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def weighting_kwargs(cfg: WeightingConfig) -> dict:
+    return dict(
+        level=cfg.level.value, block_size=cfg.block_size, gamma=cfg.gamma,
+        delta_clip=tuple(cfg.delta_clip), log_weight_clip=tuple(cfg.log_weight_clip),
+    )
+
+
+def target_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, policy_logprobs: torch.Tensor,
+                    cfg: WeightingConfig) -> torch.Tensor:
+    """log pi_theta at the target (RL) temperature, detached: the p_t of PEAR.md."""
+    if cfg.target_temperature == 1.0:
+        return policy_logprobs.detach()
+    return token_logprobs(logits.detach(), input_ids, cfg.target_temperature)
+
+
+def train_sft(
+    model,
+    rows: Sequence[Row],
+    cfg: SFTConfig,
+    weighting: WeightingConfig,
+    *,
+    pad_id: int,
+    seed: int,
+    log: Callable[[dict, int], None] = lambda metrics, step: None,
+    desc: str = "sft",
+) -> dict[str, float]:
+    """Train `model` in place for cfg.steps optimizer steps; returns the last logged metrics."""
+    if cfg.batch_size % cfg.micro_batch_size:
+        raise ValueError(
+            f"sft.batch_size={cfg.batch_size} must be a multiple of "
+            f"sft.micro_batch_size={cfg.micro_batch_size}"
+        )
+    if len(rows) < cfg.batch_size:
+        raise ValueError(f"{len(rows)} training rows is fewer than sft.batch_size={cfg.batch_size}")
+    torch.manual_seed(seed)
+    model.train()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+    )
+    device = next(model.parameters()).device
+    batches = length_grouped_batches([len(r["input_ids"]) for r in rows], cfg.batch_size, seed)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == Precision.bf16)
+    metrics: dict[str, float] = {}
+    window = {"tokens": 0, "seconds": 0.0}
+    bar = tqdm(range(cfg.steps), desc=desc, leave=False)
+    for step in bar:
+        started = time.perf_counter()
+        index = next(batches)
+        totals = {"num": 0.0, "nll": 0.0, "tokens": 0.0, "weight": 0.0}
+        stats_parts = []
+        logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+        for start in range(0, len(index), cfg.micro_batch_size):
+            micro = [rows[i] for i in index[start : start + cfg.micro_batch_size]]
+            batch = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
+            with autocast:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logp = token_logprobs(logits, batch["input_ids"])  # (batch, seq)
+            mask = batch["loss_mask"]
+            if weighting.level == WeightLevel.none:
+                weights = mask
+            else:
+                target = target_logprobs(logits, batch["input_ids"], logp, weighting)
+                weights = pear_weights(target, batch["behavior_logprobs"], mask,
+                                       **weighting_kwargs(weighting))  # (batch, seq)
+                if logging_step:
+                    stats_parts.append((target, batch["behavior_logprobs"], mask))
+            numerator = weighted_nll_sum(logp, weights)
+            numerator.backward()
+            totals["num"] += numerator.item()
+            totals["nll"] += -(logp.detach() * mask).sum().item()
+            totals["tokens"] += mask.sum().item()
+            totals["weight"] += weights.sum().item()
+        norm = totals["tokens"] if weighting.normalization == Normalization.tokens else totals["weight"]
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(max(norm, 1e-12))
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        window["tokens"] += totals["tokens"]
+        window["seconds"] += time.perf_counter() - started
+        if logging_step:
+            metrics = {
+                "loss": totals["num"] / max(norm, 1e-12),
+                "nll": totals["nll"] / max(totals["tokens"], 1),
+                "lr": schedule.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "loss_tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
+            }
+            if stats_parts:
+                metrics.update(weight_stats_over(stats_parts, weighting))
+            log(metrics, step + 1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+            window = {"tokens": 0, "seconds": 0.0}
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()
+    return metrics
+
+
+def weight_stats_over(parts, cfg: WeightingConfig) -> dict[str, float]:
+    """PEAR diagnostics over all micro-batches of one step (right-padded to a common width)."""
+    width = max(p[0].shape[1] for p in parts)
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
+    policy, behavior, mask = (torch.cat([pad(p[k]) for p in parts]) for k in range(3))
+    return pear_weights_with_stats(policy, behavior, mask, **weighting_kwargs(cfg))[1]

@@ -1,0 +1,106 @@
+"""The tiny world's models: built, pretrained and cached by the framework, never downloaded.
+
+A tiny model is a small Qwen3-architecture causal LM with the character tokenizer of
+`models.build_char_tokenizer`, pretrained with the SFT loop (weighting none) on one of:
+- `solutions`: random valid solver answers to the task's training-side problems (never evaluation
+  instances). This makes a teacher, the behavior policy pi_b.
+- `domain`: text of the task's domain that is not the task (Countdown: arithmetic exercises in the
+  same step format). This makes a student base that has learned something, so pi_theta differs
+  from pi_b from the start the way a real base model differs from a real teacher.
+The result is saved with save_pretrained under <cache_dir>/tiny/<name>-<hash of everything that
+determines it>, written to a temporary directory and renamed, and then loaded like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import Qwen3Config, Qwen3ForCausalLM
+
+from pear_exp.config import (
+    ModelConfig, PretrainData, SFTConfig, TaskConfig, WeightingConfig, WeightLevel,
+)
+from pear_exp.models import build_char_tokenizer, prompt_ids, response_ids, save_dir
+from pear_exp.tasks import make_task
+
+BUILD_VERSION = 1  # bump when the build recipe changes, so stale caches are not reused
+
+
+def _key(cfg: ModelConfig, task: TaskConfig) -> str:
+    blob = json.dumps(
+        {"tiny": asdict(cfg.tiny), "task": asdict(task), "version": BUILD_VERSION},
+        sort_keys=True, default=lambda v: getattr(v, "value", str(v)),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def tiny_model_dir(cfg: ModelConfig, task: TaskConfig, cache_dir: str) -> Path:
+    """Directory of the cached tiny model, building it first if it is not there."""
+    path = Path(cache_dir).expanduser() / "tiny" / f"{cfg.name}-{_key(cfg, task)}"
+    if not (path / "config.json").exists():
+        build_tiny_model(cfg, task, path)
+    return path
+
+
+def pretraining_rows(cfg: ModelConfig, task_cfg: TaskConfig, tokenizer) -> list[dict]:
+    tiny = cfg.tiny
+    task = make_task(task_cfg)
+    rng = random.Random(tiny.seed)
+    if tiny.pretrain == PretrainData.solutions:
+        _, eval_problems = task.split(task_cfg.num_train, task_cfg.num_eval, task_cfg.data_seed)
+        problems = task.sample_problems(
+            tiny.pretrain_examples, seed=tiny.seed, exclude={p.id for p in eval_problems}
+        )
+        pairs = [(p.prompt, rng.choice(task.solutions(p))) for p in problems]
+    else:
+        pairs = task.domain_corpus(tiny.pretrain_examples, seed=tiny.seed)
+    rows = []
+    for user, response in pairs:
+        prompt = prompt_ids(tokenizer, user, task_cfg.system_prompt)
+        completion = response_ids(tokenizer, response)
+        rows.append({
+            "input_ids": prompt + completion,
+            "loss_mask": [0] * len(prompt) + [1] * len(completion),
+            "behavior_logprobs": [0.0] * (len(prompt) + len(completion)),
+        })
+    return rows
+
+
+def build_tiny_model(cfg: ModelConfig, task: TaskConfig, path: Path) -> None:
+    from pear_exp.stages.sft import train_sft
+
+    tiny = cfg.tiny
+    print(f"[pear_exp] building tiny model {cfg.name!r} ({tiny.pretrain.value} pretraining, "
+          f"{tiny.pretrain_steps} steps) -> {path}")
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(tiny.seed)
+    model = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=tiny.hidden_size,
+        num_hidden_layers=tiny.num_layers, num_attention_heads=tiny.num_heads,
+        num_key_value_heads=tiny.num_heads, head_dim=tiny.head_dim,
+        intermediate_size=tiny.intermediate_size, max_position_embeddings=tiny.max_positions,
+        tie_word_embeddings=True, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    ))
+    rows = pretraining_rows(cfg, task, tokenizer)
+    sft = SFTConfig(
+        steps=tiny.pretrain_steps, batch_size=tiny.batch_size, micro_batch_size=tiny.batch_size,
+        lr=tiny.lr, warmup_steps=max(1, tiny.pretrain_steps // 10), log_every=10**9,
+    )
+    train_sft(model, rows, sft, WeightingConfig(level=WeightLevel.none),
+              pad_id=tokenizer.pad_token_id, seed=tiny.seed, desc=f"pretrain {cfg.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    save_dir(tmp, model, tokenizer)
+    try:
+        os.rename(tmp, path)
+    except OSError:  # another process finished the same build first: keep its copy
+        shutil.rmtree(tmp, ignore_errors=True)

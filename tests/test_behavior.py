@@ -1,0 +1,118 @@
+"""Behavior data: both sources store the right log-probs, and bad data is refused by row."""
+
+import json
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from pear_exp.config import BehaviorConfig, BehaviorSource
+from pear_exp.losses import token_logprobs
+from pear_exp.models import build_char_tokenizer, prompt_ids, response_ids
+from pear_exp.stages import behavior
+from pear_exp.stages.behavior import DataError, make_row, validate_rows
+from pear_exp.tasks.countdown import Countdown
+
+
+def teacher_forced(model, row, temperature=1.0):
+    ids = torch.tensor([row["input_ids"]])
+    with torch.no_grad():
+        logp = token_logprobs(model(ids).logits, ids, temperature)[0]
+    return torch.tensor([v if m else 0.0 for v, m in zip(logp.tolist(), row["loss_mask"])])
+
+
+def good_rows(tokenizer, n=3):
+    rows = []
+    for i in range(n):
+        p = prompt_ids(tokenizer, f"Make {i} from 1 2 3")
+        r = response_ids(tokenizer, f"1+2={3 + i}")
+        rows.append(make_row(f"p{i}", f"Make {i} from 1 2 3", f"1+2={3 + i}", p, r,
+                             [-0.5] * len(r)))
+    return rows
+
+
+def test_teacher_sampling_stores_the_sampling_distributions_logprobs(model, tokenizer, tmp_path):
+    task = Countdown()
+    problems = task.sample_problems(3, seed=0)
+    cfg = BehaviorConfig(samples_per_prompt=2, temperature=0.8, max_new_tokens=10,
+                         keep_only_correct=False)
+    data, meta = behavior.run(model, tokenizer, tokenizer, problems, task, cfg, batch_size=4,
+                              system_prompt=None, teacher_name="t", seed=0, out_dir=tmp_path)
+    assert len(data) == 6 and meta["samples"] == 6 and meta["temperature"] == 0.8
+    assert json.loads((tmp_path / "meta.json").read_text())["teacher"] == "t"
+    for row in data:
+        torch.testing.assert_close(torch.tensor(row["behavior_logprobs"]),
+                                   teacher_forced(model, row, 0.8), atol=1e-4, rtol=1e-4)
+
+
+def test_keep_only_correct_filters_by_the_verifier(model, tokenizer):
+    task = Countdown()
+    problems = task.sample_problems(4, seed=1)
+    cfg = BehaviorConfig(samples_per_prompt=2, max_new_tokens=6, keep_only_correct=True)
+    rows, stats = behavior.sample_from_teacher(model, tokenizer, tokenizer, problems, task, cfg,
+                                               8, None, 0)
+    # a random-weight model writes no valid 6-token answer: every sample is rejected
+    assert rows == [] and stats["samples"] == 8 and stats["teacher_accuracy"] == 0.0
+
+
+def test_scoring_an_existing_dataset_is_teacher_forced(model, tokenizer, tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"Make {i} from 1 2 3", "response": "1+2=3"})
+                              for i in range(3)))
+    cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(path), temperature=1.5)
+    rows, _ = behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["input_ids"][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+        torch.testing.assert_close(torch.tensor(row["behavior_logprobs"]),
+                                   teacher_forced(model, row, 1.5), atol=1e-4, rtol=1e-4)
+    validate_rows(Dataset.from_list(rows), tokenizer, None, 256, "scored")
+
+
+def test_scoring_refuses_missing_columns_and_top_p(model, tokenizer, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"question": "x", "response": "y"}))
+    cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(path))
+    with pytest.raises(DataError, match=r"bad.jsonl: missing column\(s\) \['prompt'\]"):
+        behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None)
+    cfg.top_p = 0.9
+    with pytest.raises(DataError, match="top_p"):
+        behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None)
+
+
+def test_teacher_with_another_tokenizer_is_refused(model, tokenizer):
+    other = build_char_tokenizer()
+    other.add_tokens(["<extra>"])
+    with pytest.raises(DataError, match="tokenizer differs"):
+        behavior.check_same_tokenizer(other, tokenizer)
+
+
+def test_valid_rows_pass(tokenizer):
+    validate_rows(Dataset.from_list(good_rows(tokenizer)), tokenizer, None, 256, "d")
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda r: r.update(behavior_logprobs=r["behavior_logprobs"][:-1]), "behavior log-probs"),
+    (lambda r: r["behavior_logprobs"].__setitem__(-1, math.nan), "not a finite"),
+    (lambda r: r["behavior_logprobs"].__setitem__(-1, math.inf), "not a finite"),
+    (lambda r: r["behavior_logprobs"].__setitem__(-1, 0.7), "not a finite"),
+    (lambda r: r["input_ids"].__setitem__(-2, 10_000), "outside the student's vocabulary"),
+    (lambda r: r["input_ids"].__setitem__(2, 50), "prompt token ids differ"),
+    (lambda r: r.update(response="something else"), "decode to"),
+    (lambda r: r.update(loss_mask=[0] * len(r["loss_mask"])), "at least one 1"),
+])
+def test_bad_rows_are_refused_naming_the_row(tokenizer, corrupt, message):
+    rows = good_rows(tokenizer)
+    corrupt(rows[1])
+    with pytest.raises(DataError, match=rf"d: row 1 \(problem p1\): .*{message}"):
+        validate_rows(Dataset.from_list(rows), tokenizer, None, 256, "d")
+
+
+def test_missing_column_and_overlong_rows_are_refused(tokenizer):
+    rows = good_rows(tokenizer)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['behavior_logprobs'\]"):
+        validate_rows(Dataset.from_list(rows).remove_columns("behavior_logprobs"), tokenizer,
+                      None, 256, "d")
+    with pytest.raises(DataError, match="row 0 .* exceeds sft.max_seq_len=10"):
+        validate_rows(Dataset.from_list(rows), tokenizer, None, 10, "d")

@@ -1,0 +1,81 @@
+"""Configs compose into the typed schema; typos fail at compose time naming the valid choices."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from pear_exp.__main__ import CONF_DIR, ConfigKeyError, check_override_keys, config_groups
+from pear_exp.config import Config, WeightLevel, register_configs
+
+register_configs()
+
+
+def composed(overrides=()):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_default_config_converts_to_typed_config():
+    cfg = OmegaConf.to_object(composed())
+    assert isinstance(cfg, Config)
+    assert cfg.weighting.level == WeightLevel.block and cfg.weighting.block_size == 4
+    assert cfg.model.name == "tiny_student" and cfg.teacher.name == "tiny_teacher"
+    assert cfg.model.tiny.pretrain.value == "domain" and cfg.teacher.tiny.pretrain.value == "solutions"
+
+
+@pytest.mark.parametrize("group", ["model", "weighting", "task", "rollout", "logger"])
+def test_every_option_of_every_group_composes(group):
+    for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")):
+        cfg = OmegaConf.to_object(composed([f"{group}={option}"]))
+        assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("level", ["none", "token", "block", "sequence"])
+def test_weighting_levels(level):
+    assert OmegaConf.to_object(composed([f"weighting={level}"])).weighting.level.value == level
+
+
+def test_paper_defaults_for_weights():
+    w = OmegaConf.to_object(composed(["weighting=token"])).weighting
+    assert (w.gamma, w.delta_clip, w.log_weight_clip) == (0.999, [-0.08, 0.3], [-10.0, 5.0])
+
+
+def test_misspelt_group_option_lists_the_valid_ones():
+    with pytest.raises(Exception, match=r"(?s)Could not find 'weighting/blok'.*block.*sequence"):
+        composed(["weighting=blok"])
+
+
+def test_bad_enum_value_lists_the_valid_ones():
+    with pytest.raises(ConfigCompositionException) as err:
+        composed(["weighting.level=blok"])
+    assert "expected one of [none, token, block, sequence]" in str(err.value.__cause__)
+
+
+def test_unknown_keys_are_refused_with_the_valid_keys():
+    with pytest.raises(ConfigKeyError, match=r"(?s)'weighting.gama'.*block_size, delta_clip, gamma"):
+        check_override_keys(["weighting.gama=1"])
+    with pytest.raises(ConfigKeyError, match=r"(?s)'experimnt'.*Config groups: experiment"):
+        check_override_keys(["+experimnt=x"])
+    with pytest.raises(ConfigKeyError, match="sft.stepz"):
+        check_override_keys(["sft.stepz=3"])
+    # valid keys, group choices, packages and Hydra's own settings pass
+    check_override_keys(["weighting=token", "sft.steps=3", "model.tiny.hidden_size=64",
+                         "model@teacher=tiny_student", "hydra.run.dir=x", "--multirun", "seed=1"])
+
+
+def test_cli_refuses_a_typo_before_anything_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pear_exp", "+experimnt=x", f"run_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "unknown config key 'experimnt'" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_groups_are_the_documented_ones():
+    assert {"model", "weighting", "task", "rollout", "logger", "experiment"} <= set(config_groups())

@@ -1,0 +1,57 @@
+"""End to end through the command line: every stage runs, writes its artifacts, and re-running
+skips what finished."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from datasets import load_from_disk
+
+
+def run_cli(args, cache, cwd):
+    env = {**os.environ, "PEAR_EXP_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "pear_exp", *args], capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=900)
+
+
+def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["+experiment=smoke", "logger=none", f"run_dir={run_dir}", "weighting=token"]
+    first = run_cli(args, tmp_path / "cache", tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    data = load_from_disk(str(run_dir / "behavior" / "data"))
+    meta = json.loads((run_dir / "behavior" / "meta.json").read_text())
+    assert len(data) == meta["kept"] == meta["samples"] == 64 * 2  # keep_only_correct=false
+    assert (run_dir / "sft" / "model" / "model.safetensors").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary) == {"base", "sft"}
+    for label in ("base", "sft"):
+        assert 0.0 <= summary[label]["pass@1"] <= summary[label]["pass@2"] <= 1.0
+        assert len((run_dir / "evaluate" / label / "problems.jsonl").read_text().splitlines()) == 16
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all("sft/weight_ess" in r and "sft/loss" in r for r in records)
+    assert "held-out accuracy" in first.stdout
+    # the tiny models were built into the cache, once
+    assert len(list((tmp_path / "cache" / "tiny").iterdir())) == 2
+
+    stamp = (run_dir / "sft" / "DONE").read_text()
+    second = run_cli(args, tmp_path / "cache", tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (run_dir / "sft" / "DONE").read_text() == stamp
+    assert "building tiny model" not in second.stdout
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+
+
+@pytest.mark.slow
+def test_default_run_learns_the_game(tmp_path):
+    """The embedded default (no overrides besides where to write): SFT beats the base clearly."""
+    run_dir = tmp_path / "run"
+    result = run_cli([f"run_dir={run_dir}", "logger=none"], tmp_path / "cache", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    base, sft = summary["base"], summary["sft"]
+    assert sft["pass@1"] - sft["pass@1_ci95"] > base["pass@1"] + base["pass@1_ci95"]
+    assert sft["greedy"] > 0.15
