@@ -40,6 +40,7 @@ class PretrainData(Enum):
 class Stage(Enum):
     behavior = "behavior"
     sft = "sft"
+    rl = "rl"
     evaluate = "evaluate"
 
 
@@ -50,6 +51,13 @@ class BehaviorSource(Enum):
 
 class Engine(Enum):
     hf = "hf"
+    vllm = "vllm"
+
+
+class LossAggregation(Enum):
+    token_mean = "token_mean"
+    seq_mean_token_mean = "seq_mean_token_mean"
+    seq_mean_token_sum_norm = "seq_mean_token_sum_norm"
 
 
 class LoggerBackend(Enum):
@@ -118,7 +126,16 @@ class TaskConfig:
 @dataclass
 class RolloutConfig:
     engine: Engine = Engine.hf
-    batch_size: int = 512  # sequences per generate call
+    batch_size: int = 512  # sequences per generate call (hf)
+    # vLLM only:
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    dtype: str = "auto"
+    max_model_len: int = 4096
+    enable_sleep_mode: bool = False  # GPU: free the engine's memory while the trainer steps
+    # After each weight sync the engine's log-probs are compared with the trainer's on a fixed
+    # probe batch; a larger max difference stops the run (stale or wrong weights).
+    sync_tolerance: float = 0.05
 
 
 @dataclass
@@ -150,6 +167,36 @@ class SFTConfig:
 
 
 @dataclass
+class RLConfig:
+    """GRPO from the SFT checkpoint; pear_exp/stages/rl.py states the algorithm."""
+
+    steps: int = 60  # rollout batches, each followed by `epochs` optimizer steps
+    prompts_per_step: int = 64
+    group_size: int = 8  # samples per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    epochs: int = 1  # optimizer steps per rollout batch (> 1: off-policy, the clip matters)
+    micro_batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    scale_rewards: bool = True  # divide advantages by the group std (false: Dr. GRPO)
+    loss_aggregation: LossAggregation = LossAggregation.token_mean
+    kl_coef: float = 0.0  # k3 KL to the initial (SFT) policy; 0 skips the reference model
+    tis_cap: Optional[float] = 2.0  # truncated importance weight engine -> trainer; null: off
+    skip_uniform_groups: bool = True  # groups whose rewards are all equal carry no signal
+    eval_every: int = 20  # held-out evaluation every N steps (0: never during RL)
+    eval_problems: int = 100
+    checkpoint_every: int = 20
+    precision: Precision = Precision.fp32
+
+
+@dataclass
 class EvalConfig:
     num_samples: int = 4  # n samples per problem for pass@k / avg@n
     temperature: float = 1.0
@@ -176,9 +223,10 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     stages: list[Stage] = field(
-        default_factory=lambda: [Stage.behavior, Stage.sft, Stage.evaluate]
+        default_factory=lambda: [Stage.behavior, Stage.sft, Stage.rl, Stage.evaluate]
     )
     seed: int = 0
     run_dir: Optional[str] = None  # null: Hydra's output directory for this job

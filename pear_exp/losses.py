@@ -33,3 +33,84 @@ def weighted_nll_sum(logprobs: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     gradient accumulation and data parallelism do not change the objective.
     """
     return -(weights * logprobs).sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# GRPO
+
+
+def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """Advantages within each group of samples of one prompt.
+
+    rewards: (groups, n). Returns (groups, n): r - mean(r), divided by std(r) + eps when `scale`
+    (GRPO); unscaled is Dr. GRPO's choice, which avoids up-weighting near-uniform groups. The std
+    is the population std over the group's n samples.
+    """
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    if not scale:
+        return centered
+    return centered / (rewards.std(dim=1, unbiased=False, keepdim=True) + eps)
+
+
+AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+
+
+def aggregation_coefficients(mask: torch.Tensor, mode: str, max_new_tokens: int) -> torch.Tensor:
+    """Per-token coefficients c such that the step's loss is sum_t c_t * l_t.
+
+    mask: (batch, seq), 1 on response tokens, over ALL sequences of the optimizer step, so that
+    any micro-batch split of the step sums to the same loss.
+      token_mean:               c = 1 / (total response tokens in the step)
+      seq_mean_token_mean:      c = 1 / (num sequences * tokens of that sequence)
+      seq_mean_token_sum_norm:  c = 1 / (num sequences * max_new_tokens)   (Dr. GRPO; a constant
+                                normaliser, so long responses are not down-weighted per token)
+    """
+    mask = mask.float()
+    num_seqs = mask.shape[0]
+    if mode == "token_mean":
+        return mask / mask.sum().clamp(min=1)
+    if mode == "seq_mean_token_mean":
+        return mask / (num_seqs * mask.sum(dim=1, keepdim=True).clamp(min=1))
+    if mode == "seq_mean_token_sum_norm":
+        return mask / (num_seqs * max_new_tokens)
+    raise ValueError(f"unknown loss aggregation {mode!r}; valid: {', '.join(AGGREGATIONS)}")
+
+
+def grpo_token_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    engine_logprobs: torch.Tensor | None = None,
+    tis_cap: float | None = None,
+    ref_logprobs: torch.Tensor | None = None,
+    kl_coef: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token GRPO loss (batch, seq) and per-token diagnostics; aggregate with coefficients.
+
+    logprobs: current policy, with gradient; old_logprobs: the policy that the rollout batch is
+    attributed to (trainer-side, detached); advantages: (batch, 1) or (batch, seq).
+        ratio = exp(logprobs - old_logprobs)
+        pg    = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)
+        pg   *= min(exp(old_logprobs - engine_logprobs), tis_cap)   truncated importance weight
+                for the gap between the engine that sampled and the trainer (detached)
+        kl    = exp(ref - logprobs) - (ref - logprobs) - 1          k3 estimator, >= 0
+        loss  = pg + kl_coef * kl
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantages
+    loss = -torch.minimum(unclipped, clipped)
+    stats = {"clipped": (clipped < unclipped).float()}  # the clip changed this token's objective
+    if engine_logprobs is not None and tis_cap is not None:
+        tis = torch.exp(old_logprobs - engine_logprobs).clamp(max=tis_cap).detach()
+        loss = loss * tis
+        stats["tis"] = tis
+    if ref_logprobs is not None:
+        log_r = ref_logprobs - logprobs
+        kl = torch.exp(log_r) - log_r - 1
+        loss = loss + kl_coef * kl
+        stats["kl"] = kl.detach()
+    return loss, stats

@@ -2,6 +2,7 @@
 
     <run_dir>/behavior/data, meta.json, DONE      offline data with behavior log-probs
     <run_dir>/sft/model/, DONE                    the SFT checkpoint (save_pretrained)
+    <run_dir>/rl/model/, checkpoint/, DONE        GRPO from the SFT checkpoint
     <run_dir>/evaluate/<checkpoint>/results.json, problems.jsonl; evaluate/DONE
     <run_dir>/metrics.jsonl, summary.json, config.yaml
 
@@ -22,8 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pear_exp import models
-from pear_exp.config import Config, Stage
-from pear_exp.stages import behavior, evaluate, sft
+from pear_exp.config import BehaviorSource, Config, Engine, EvalConfig, Stage
+from pear_exp.rollout import RolloutEngine
+from pear_exp.rollout.hf import HFEngine
+from pear_exp.stages import behavior, evaluate, rl, sft
 from pear_exp.tasks import make_task, split
 from pear_exp.tracking import Tracker
 
@@ -38,35 +41,88 @@ def mark_done(stage_dir: Path) -> None:
     (stage_dir / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
 
+def make_engine(cfg: Config, path: str, tokenizer, model=None) -> RolloutEngine:
+    """The configured rollout engine serving the checkpoint at `path` (or `model`, for hf)."""
+    if cfg.rollout.engine == Engine.hf:
+        if model is None:
+            model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
+        return HFEngine(model, tokenizer, cfg.rollout.batch_size)
+    from pear_exp.rollout.vllm import VLLMEngine
+
+    r = cfg.rollout
+    return VLLMEngine(path, tokenizer, tensor_parallel_size=r.tensor_parallel_size,
+                      gpu_memory_utilization=r.gpu_memory_utilization, dtype=r.dtype,
+                      max_model_len=r.max_model_len, enable_sleep_mode=r.enable_sleep_mode,
+                      seed=cfg.seed)
+
+
+def student_path(cfg: Config) -> str:
+    return models.resolve_path(cfg.model, cfg.task, cfg.cache_dir)
+
+
 def run_behavior(cfg: Config, out: Path, train_problems, task) -> None:
-    teacher, teacher_tok, _ = models.load(cfg.teacher, cfg.task, cfg.cache_dir)
-    _, student_tok, _ = load_student(cfg, tokenizer_only=True)
+    teacher_path = models.resolve_path(cfg.teacher, cfg.task, cfg.cache_dir)
+    teacher_tok = models.load_tokenizer(teacher_path, cfg.teacher.trust_remote_code)
+    student_tok = models.load_tokenizer(student_path(cfg), cfg.model.trust_remote_code)
     out.mkdir(parents=True, exist_ok=True)
-    _, meta = behavior.run(
-        teacher, teacher_tok, student_tok, train_problems, task, cfg.behavior,
-        batch_size=cfg.rollout.batch_size, system_prompt=cfg.task.system_prompt,
-        teacher_name=cfg.teacher.name, seed=cfg.seed, out_dir=out,
-    )
-    console.print(f"behavior: kept {meta['kept']} of {meta['samples']} teacher samples "
-                  f"(teacher accuracy {meta.get('teacher_accuracy', float('nan')):.3f})")
-
-
-def load_student(cfg: Config, tokenizer_only: bool = False):
-    path = models.resolve_path(cfg.model, cfg.task, cfg.cache_dir)
-    tokenizer = models.load_tokenizer(path, cfg.model.trust_remote_code)
-    if tokenizer_only:
-        return None, tokenizer, path
-    return models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code), tokenizer, path
+    b, system = cfg.behavior, cfg.task.system_prompt
+    if b.source == BehaviorSource.teacher:
+        teacher = None
+        if cfg.rollout.engine == Engine.hf:
+            teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+        engine = make_engine(cfg, teacher_path, teacher_tok, teacher)
+        rows, stats = behavior.sample_from_teacher(engine, teacher_tok, student_tok,
+                                                   train_problems, task, b, system, cfg.seed)
+    else:
+        if not b.dataset:
+            raise behavior.DataError("behavior.source=dataset needs behavior.dataset=<JSONL or id>")
+        teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+        rows, stats = behavior.score_dataset(teacher, teacher_tok, student_tok, b.dataset, b,
+                                             cfg.rollout.batch_size, system)
+    _, meta = behavior.finish(rows, stats, b, cfg.teacher.name, out)
+    console.print(f"behavior: kept {meta['kept']} of {meta['samples']} examples"
+                  + (f" (teacher accuracy {meta['teacher_accuracy']:.3f})"
+                     if "teacher_accuracy" in meta else ""))
 
 
 def run_sft(cfg: Config, out: Path, behavior_dir: Path, tracker: Tracker) -> None:
-    model, tokenizer, _ = load_student(cfg)
+    path = student_path(cfg)
+    model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
+    tokenizer = models.load_tokenizer(path, cfg.model.trust_remote_code)
     data = load_from_disk(str(behavior_dir / "data"))
     behavior.validate_rows(data, tokenizer, cfg.task.system_prompt, cfg.sft.max_seq_len,
                            name=str(behavior_dir / "data"))
     rows = data.select_columns(["input_ids", "loss_mask", "behavior_logprobs"]).to_list()
     sft.train_sft(model, rows, cfg.sft, cfg.weighting, pad_id=tokenizer.pad_token_id,
                   seed=cfg.seed, log=lambda m, step: tracker.log("sft", m, step))
+    models.save_dir(out / "model", model, tokenizer)
+
+
+def run_rl(cfg: Config, out: Path, start: str, train_problems, eval_problems, task,
+           tracker: Tracker) -> None:
+    model = models.load_model(start, cfg.model.dtype, cfg.model.trust_remote_code)
+    tokenizer = models.load_tokenizer(start, cfg.model.trust_remote_code)
+    engine = make_engine(cfg, start, tokenizer, model)
+    held_out = eval_problems[: cfg.rl.eval_problems]
+    quick = EvalConfig(num_samples=4, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
+                       max_new_tokens=cfg.rl.max_new_tokens, greedy=True)
+
+    def evaluate_now(step: int) -> dict:
+        summary, _ = evaluate.evaluate_model(engine, tokenizer, held_out, task, quick,
+                                             system_prompt=cfg.task.system_prompt,
+                                             seed=cfg.seed, label=f"rl step {step}")
+        metrics = {k: summary[k] for k in ("greedy", "pass@1", "pass@4")}
+        tracker.log("rl_eval", metrics, step)
+        return metrics
+
+    def save_checkpoint(step: int) -> None:
+        models.save_dir(out / "checkpoint", model, tokenizer)
+
+    rl.train_grpo(model, tokenizer, engine, train_problems, task, cfg.rl, seed=cfg.seed,
+                  system_prompt=cfg.task.system_prompt,
+                  sync_tolerance=cfg.rollout.sync_tolerance,
+                  log=lambda m, step: tracker.log("rl", m, step), evaluate=evaluate_now,
+                  checkpoint=save_checkpoint)
     models.save_dir(out / "model", model, tokenizer)
 
 
@@ -78,12 +134,10 @@ def run_evaluate(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
         if (target / "results.json").exists():
             results[label] = json.loads((target / "results.json").read_text())
             continue
-        model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
         tokenizer = models.load_tokenizer(path, cfg.model.trust_remote_code)
         summary, rows = evaluate.evaluate_model(
-            model, tokenizer, eval_problems, task, cfg.evaluate,
-            batch_size=cfg.rollout.batch_size, system_prompt=cfg.task.system_prompt,
-            seed=cfg.seed, label=label,
+            make_engine(cfg, path, tokenizer), tokenizer, eval_problems, task, cfg.evaluate,
+            system_prompt=cfg.task.system_prompt, seed=cfg.seed, label=label,
         )
         evaluate.save(summary, rows, target)
         tracker.summary({f"eval/{cfg.task.name}/{label}/{k}": v for k, v in summary.items()})
@@ -125,10 +179,15 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
                 raise FileNotFoundError(f"sft needs the behavior stage's data in {run_dir}/behavior")
             run_sft(cfg, run_dir / "sft", run_dir / "behavior", tracker)
             mark_done(run_dir / "sft")
+        if Stage.rl in cfg.stages and not done(run_dir / "rl"):
+            start = str(run_dir / "sft" / "model") if done(run_dir / "sft") else student_path(cfg)
+            run_rl(cfg, run_dir / "rl", start, train_problems, eval_problems, task, tracker)
+            mark_done(run_dir / "rl")
         if Stage.evaluate in cfg.stages:
-            checkpoints = {"base": load_student(cfg, tokenizer_only=True)[2]}
-            if done(run_dir / "sft"):
-                checkpoints["sft"] = str(run_dir / "sft" / "model")
+            checkpoints = {"base": student_path(cfg)}
+            for stage in ("sft", "rl"):
+                if done(run_dir / stage):
+                    checkpoints[stage] = str(run_dir / stage / "model")
             results = run_evaluate(cfg, run_dir / "evaluate", eval_problems, task, tracker,
                                    checkpoints)
             (run_dir / "summary.json").write_text(json.dumps(results, indent=2))

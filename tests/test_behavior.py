@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from datasets import Dataset
 from pear_exp.config import BehaviorConfig, BehaviorSource
 from pear_exp.losses import token_logprobs
 from pear_exp.models import build_char_tokenizer, prompt_ids, response_ids
+from pear_exp.rollout.hf import HFEngine
 from pear_exp.stages import behavior
 from pear_exp.stages.behavior import DataError, make_row, validate_rows
 from pear_exp.tasks.countdown import Countdown
@@ -37,8 +39,9 @@ def test_teacher_sampling_stores_the_sampling_distributions_logprobs(model, toke
     problems = task.sample_problems(3, seed=0)
     cfg = BehaviorConfig(samples_per_prompt=2, temperature=0.8, max_new_tokens=10,
                          keep_only_correct=False)
-    data, meta = behavior.run(model, tokenizer, tokenizer, problems, task, cfg, batch_size=4,
-                              system_prompt=None, teacher_name="t", seed=0, out_dir=tmp_path)
+    rows, stats = behavior.sample_from_teacher(HFEngine(model, tokenizer, 4), tokenizer, tokenizer,
+                                               problems, task, cfg, None, 0)
+    data, meta = behavior.finish(rows, stats, cfg, "t", tmp_path)
     assert len(data) == 6 and meta["samples"] == 6 and meta["temperature"] == 0.8
     assert json.loads((tmp_path / "meta.json").read_text())["teacher"] == "t"
     for row in data:
@@ -50,10 +53,12 @@ def test_keep_only_correct_filters_by_the_verifier(model, tokenizer):
     task = Countdown()
     problems = task.sample_problems(4, seed=1)
     cfg = BehaviorConfig(samples_per_prompt=2, max_new_tokens=6, keep_only_correct=True)
-    rows, stats = behavior.sample_from_teacher(model, tokenizer, tokenizer, problems, task, cfg,
-                                               8, None, 0)
+    rows, stats = behavior.sample_from_teacher(HFEngine(model, tokenizer, 8), tokenizer, tokenizer,
+                                               problems, task, cfg, None, 0)
     # a random-weight model writes no valid 6-token answer: every sample is rejected
     assert rows == [] and stats["samples"] == 8 and stats["teacher_accuracy"] == 0.0
+    with pytest.raises(DataError, match="kept no examples"):
+        behavior.finish(rows, stats, cfg, "t", Path("unused"))
 
 
 def test_scoring_an_existing_dataset_is_teacher_forced(model, tokenizer, tmp_path):

@@ -26,13 +26,19 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     assert len(data) == meta["kept"] == meta["samples"] == 64 * 2  # keep_only_correct=false
     assert (run_dir / "sft" / "model" / "model.safetensors").exists()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert set(summary) == {"base", "sft"}
-    for label in ("base", "sft"):
+    assert set(summary) == {"base", "sft", "rl"}
+    assert (run_dir / "rl" / "model" / "model.safetensors").exists()
+    for label in ("base", "sft", "rl"):
         assert 0.0 <= summary[label]["pass@1"] <= summary[label]["pass@2"] <= 1.0
         assert len((run_dir / "evaluate" / label / "problems.jsonl").read_text().splitlines()) == 16
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [2, 4, 6]
-    assert all("sft/weight_ess" in r and "sft/loss" in r for r in records)
+    sft_records = [r for r in records if r["stage"] == "sft"]
+    assert [r["step"] for r in sft_records] == [2, 4, 6]
+    assert all("sft/weight_ess" in r and "sft/loss" in r for r in sft_records)
+    rl_records = [r for r in records if r["stage"] == "rl"]
+    assert [r["step"] for r in rl_records] == [1, 2, 3]
+    assert all(r["rl/sync_logprob_diff"] < 1e-3 for r in rl_records)
+    assert [r["step"] for r in records if r["stage"] == "rl_eval"] == [3]
     assert "held-out accuracy" in first.stdout
     # the tiny models were built into the cache, once
     assert len(list((tmp_path / "cache" / "tiny").iterdir())) == 2

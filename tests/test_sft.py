@@ -62,10 +62,11 @@ def test_length_grouped_batches_cover_each_epoch_once():
         assert len(b) == 2
 
 
-def grads_after_one_step(tokenizer, rows, micro, weighting, normalization=Normalization.tokens):
+def grads_after_one_step(tokenizer, rows, micro, weighting, normalization=Normalization.tokens,
+                         **sft_overrides):
     model = make_tiny_model(tokenizer, seed=3)
     cfg = SFTConfig(steps=1, batch_size=8, micro_batch_size=micro, lr=0.0, warmup_steps=1,
-                    grad_clip=1e9, log_every=1)
+                    grad_clip=1e9, log_every=1, **sft_overrides)
     captured = {}
 
     def capture(optimizer, args, kwargs):  # the gradient the optimizer sees, after clipping
@@ -123,3 +124,13 @@ def test_batch_size_must_be_a_multiple_of_micro_batch(tokenizer):
     cfg = SFTConfig(steps=1, batch_size=8, micro_batch_size=3)
     with pytest.raises(ValueError, match="multiple"):
         train_sft(make_tiny_model(tokenizer), rows_for(tokenizer), cfg, WeightingConfig(), pad_id=0, seed=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tokenizer):
+    rows = rows_for(tokenizer)
+    plain, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token)
+    checkpointed, model = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token,
+                                               gradient_checkpointing=True)
+    assert not model.is_gradient_checkpointing  # switched off again after training
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-4)

@@ -7,26 +7,25 @@ switched off explicitly, since a checkpoint's generation_config may default to t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-
-@dataclass
-class Completion:
-    token_ids: list[int]  # sampled tokens, including the stop token when one was produced
-    logprobs: list[float]  # log-prob of each sampled token under the sampling distribution
-    finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens reached)
+from pear_exp.rollout import Completion
 
 
 class HFEngine:
+    """Generates with the very model object it is given: after an optimizer step the next
+    generate already uses the new weights, so sync_weights only has to point at the model."""
+
     def __init__(self, model, tokenizer, batch_size: int = 512):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+
+    def sync_weights(self, model) -> None:
+        self.model = model
 
     @torch.no_grad()
     def generate(

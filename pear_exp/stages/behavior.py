@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from pear_exp.config import BehaviorConfig, BehaviorSource
 from pear_exp.losses import token_logprobs
 from pear_exp.models import end_of_turn_ids, prompt_ids, response_ids
-from pear_exp.rollout.hf import HFEngine
+from pear_exp.rollout import RolloutEngine
 from pear_exp.stages.sft import collate
 from pear_exp.tasks.base import Problem
 
@@ -64,12 +64,11 @@ def make_row(problem_id: str, prompt: str, response: str, prompt_tokens: list[in
     }
 
 
-def sample_from_teacher(teacher, teacher_tok, student_tok, problems: list[Problem], task,
-                        cfg: BehaviorConfig, batch_size: int, system_prompt: str | None,
+def sample_from_teacher(engine: RolloutEngine, teacher_tok, student_tok, problems: list[Problem],
+                        task, cfg: BehaviorConfig, system_prompt: str | None,
                         seed: int) -> tuple[list[dict], dict]:
     check_same_tokenizer(teacher_tok, student_tok)
     prompts = [prompt_ids(student_tok, p.prompt, system_prompt) for p in problems]
-    engine = HFEngine(teacher, teacher_tok, batch_size)
     completions = engine.generate(
         prompts, n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens, stop_token_ids=end_of_turn_ids(student_tok),
@@ -172,17 +171,9 @@ def save(rows: list[dict], meta: dict, out_dir: Path) -> Dataset:
     return data
 
 
-def run(teacher, teacher_tok, student_tok, problems: list[Problem], task, cfg: BehaviorConfig,
-        *, batch_size: int, system_prompt: str | None, teacher_name: str, seed: int,
-        out_dir: Path) -> tuple[Dataset, dict]:
-    if cfg.source == BehaviorSource.teacher:
-        rows, stats = sample_from_teacher(teacher, teacher_tok, student_tok, problems, task, cfg,
-                                          batch_size, system_prompt, seed)
-    else:
-        if not cfg.dataset:
-            raise DataError("behavior.source=dataset needs behavior.dataset=<JSONL path or id>")
-        rows, stats = score_dataset(teacher, teacher_tok, student_tok, cfg.dataset, cfg,
-                                    batch_size, system_prompt)
+def finish(rows: list[dict], stats: dict, cfg: BehaviorConfig, teacher_name: str,
+           out_dir: Path) -> tuple[Dataset, dict]:
+    """Save the kept rows and their provenance; an empty result is an error."""
     if not rows:
         raise DataError(f"the behavior stage kept no examples ({stats}); a stronger teacher, "
                         f"more samples_per_prompt or keep_only_correct=false would help")

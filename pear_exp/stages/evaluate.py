@@ -14,7 +14,7 @@ from pathlib import Path
 from pear_exp.config import EvalConfig
 from pear_exp.metrics import mean_ci95, pass_at_k
 from pear_exp.models import end_of_turn_ids, prompt_ids
-from pear_exp.rollout.hf import Completion, HFEngine
+from pear_exp.rollout import Completion, RolloutEngine
 from pear_exp.tasks.base import Problem
 
 
@@ -32,11 +32,10 @@ def ks_up_to(n: int) -> list[int]:
     return ks
 
 
-def evaluate_model(model, tokenizer, problems: list[Problem], task, cfg: EvalConfig, *,
-                   batch_size: int, system_prompt: str | None, seed: int,
+def evaluate_model(engine: RolloutEngine, tokenizer, problems: list[Problem], task,
+                   cfg: EvalConfig, *, system_prompt: str | None, seed: int,
                    label: str) -> tuple[dict[str, float], list[dict]]:
-    """(summary metrics, per-problem rows) for one checkpoint."""
-    engine = HFEngine(model, tokenizer, batch_size)
+    """(summary metrics, per-problem rows) for the checkpoint the engine serves."""
     prompts = [prompt_ids(tokenizer, p.prompt, system_prompt) for p in problems]
     stops = end_of_turn_ids(tokenizer)
     sampled = engine.generate(prompts, n=cfg.num_samples, temperature=cfg.temperature,

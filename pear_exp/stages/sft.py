@@ -133,12 +133,14 @@ def train_sft(
     for step in bar:
         started = time.perf_counter()
         index = next(batches)
-        totals = {"num": 0.0, "nll": 0.0, "tokens": 0.0, "weight": 0.0}
+        totals = {"num": 0.0, "nll": 0.0, "tokens": 0.0, "weight": 0.0, "slots": 0, "real": 0}
         stats_parts = []
         logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
         for start in range(0, len(index), cfg.micro_batch_size):
             micro = [rows[i] for i in index[start : start + cfg.micro_batch_size]]
             batch = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
+            totals["slots"] += batch["input_ids"].numel()
+            totals["real"] += int(batch["attention_mask"].sum())
             with autocast:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logp = token_logprobs(logits, batch["input_ids"])  # (batch, seq)
@@ -174,6 +176,7 @@ def train_sft(
                 "lr": schedule.get_last_lr()[0],
                 "grad_norm": grad_norm,
                 "loss_tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
+                "pad_frac": 1 - totals["real"] / totals["slots"],  # compute spent on padding
             }
             if stats_parts:
                 metrics.update(weight_stats_over(stats_parts, weighting))

@@ -1,0 +1,245 @@
+"""RL stage: GRPO from the SFT checkpoint, the same recipe for every SFT checkpoint.
+
+Per step s = 1..rl.steps:
+  1. Take the next `prompts_per_step` training prompts from a seed-controlled stream (shuffled
+     each pass over the training set).
+  2. The rollout engine samples `group_size` responses per prompt at rl.temperature / top_p and
+     reports the log-prob of every sampled token under its sampling distribution.
+  3. Reward = the task's verifier score of the response; a response cut off at max_new_tokens
+     scores 0.
+  4. Advantages within each prompt's group: r - mean(r), divided by std(r) + 1e-6 unless
+     rl.scale_rewards=false (Dr. GRPO). With rl.skip_uniform_groups, groups whose rewards are all
+     equal (all right or all wrong) carry no signal and are dropped from the update.
+  5. `epochs` optimizer steps on the batch, each accumulating micro-batches:
+        per-token loss = clipped-ratio policy gradient (clip_low / clip_high, DAPO-style
+        asymmetric), times the truncated importance weight min(exp(old - engine), tis_cap) that
+        corrects for the engine/trainer log-prob gap, plus kl_coef * k3-KL to the SFT policy;
+        aggregated by rl.loss_aggregation with normalisers computed over the whole step, so the
+        micro-batch split does not change the gradient.
+     The policy's log-probs are taken at the sampling temperature (the policy that sampled is
+     softmax(logits / T)). With epochs = 1 the "old" policy is the current one (ratio = 1 and
+     the clip never binds); with epochs > 1 it is a no-grad pass before the first update.
+  6. Push the new weights to the engine and run the parity probe: the engine's and the
+     trainer's log-probs on a fixed probe batch; a difference above rollout.sync_tolerance stops
+     the run rather than train on stale weights.
+  7. Every eval_every steps: held-out greedy accuracy and sampled pass@1.
+
+Deviations from the GRPO paper (DeepSeekMath) worth knowing: no KL by default (kl_coef = 0, as
+in DAPO and Dr. GRPO), asymmetric clipping, optional uniform-group skipping and TIS. The engine's
+log-probs are used only for TIS; with top_p < 1 they are renormalised over the nucleus and are
+then not comparable with the trainer's, so keep top_p = 1 when tis_cap is set.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from pear_exp.config import Precision, RLConfig
+from pear_exp.losses import (
+    aggregation_coefficients, group_advantages, grpo_token_loss, token_logprobs,
+)
+from pear_exp.models import end_of_turn_ids, prompt_ids
+from pear_exp.rollout import RolloutEngine, sync_logprob_diff
+from pear_exp.stages.sft import collate, lr_lambda
+from pear_exp.tasks.base import Problem
+
+
+@dataclass
+class RolloutBatch:
+    """The sequences of one GRPO step that enter the update (uniform groups already dropped)."""
+
+    rows: list[dict]  # input_ids = prompt + response, loss_mask (1 on response tokens),
+    # behavior_logprobs = the engine's sampling log-probs (0 on the prompt)
+    advantages: list[float]  # one per row
+    rewards: torch.Tensor  # (prompts, group_size), every sample, kept or not
+    response_lengths: list[int]  # every sample
+
+
+def prompt_stream(problems: list[Problem], seed: int) -> Iterator[Problem]:
+    rng = random.Random(seed)
+    while True:
+        order = list(problems)
+        rng.shuffle(order)
+        yield from order
+
+
+def collect(engine: RolloutEngine, tokenizer, problems: list[Problem], task, cfg: RLConfig, *,
+            system_prompt: str | None, seed: int) -> RolloutBatch:
+    prompts = [prompt_ids(tokenizer, p.prompt, system_prompt) for p in problems]
+    completions = engine.generate(prompts, n=cfg.group_size, temperature=cfg.temperature,
+                                  top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                  stop_token_ids=end_of_turn_ids(tokenizer), seed=seed,
+                                  desc="rl: rollouts")
+    rewards = torch.tensor([
+        [task.score(p, tokenizer.decode(c.token_ids, skip_special_tokens=True))
+         if c.finish_reason == "stop" else 0.0 for c in group]
+        for p, group in zip(problems, completions)
+    ])  # (prompts, group_size)
+    advantages = group_advantages(rewards, scale=cfg.scale_rewards)
+    rows, kept_advantages = [], []
+    for i, (prompt, group) in enumerate(zip(prompts, completions)):
+        if cfg.skip_uniform_groups and bool((rewards[i] == rewards[i, 0]).all()):
+            continue
+        for j, c in enumerate(group):
+            rows.append({
+                "input_ids": prompt + c.token_ids,
+                "loss_mask": [0] * len(prompt) + [1] * len(c.token_ids),
+                "behavior_logprobs": [0.0] * len(prompt) + c.logprobs,
+            })
+            kept_advantages.append(advantages[i, j].item())
+    lengths = [len(c.token_ids) for group in completions for c in group]
+    return RolloutBatch(rows, kept_advantages, rewards, lengths)
+
+
+def policy_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, precision):
+    with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16,
+                        enabled=precision == Precision.bf16):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits, token_logprobs(logits, batch["input_ids"], temperature)
+
+
+def micro_batches(rows: list[dict], advantages: list[float], size: int, pad_id: int):
+    """Length-sorted micro-batches, each padded only to its own longest row."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
+    for start in range(0, len(order), size):
+        idx = order[start : start + size]
+        batch = collate([rows[i] for i in idx], pad_id)
+        batch["advantages"] = torch.tensor([advantages[i] for i in idx]).unsqueeze(1)  # (b, 1)
+        batch["index"] = torch.tensor(idx)
+        yield batch
+
+
+def train_grpo(
+    model,
+    tokenizer,
+    engine: RolloutEngine,
+    train_problems: list[Problem],
+    task,
+    cfg: RLConfig,
+    *,
+    seed: int,
+    system_prompt: str | None,
+    sync_tolerance: float,
+    log: Callable[[dict, int], None] = lambda metrics, step: None,
+    evaluate: Callable[[int], dict] | None = None,
+    checkpoint: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Run cfg.steps GRPO steps on `model` in place; returns the last step's metrics."""
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    reference = None
+    if cfg.kl_coef > 0:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
+                                  weight_decay=cfg.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(cfg.warmup_steps, cfg.steps * cfg.epochs, 1.0))  # warm-up, then flat
+    stream = prompt_stream(train_problems, seed)
+    stops = end_of_turn_ids(tokenizer)
+    probe = [prompt_ids(tokenizer, p.prompt, system_prompt) for p in train_problems[:8]]
+    metrics: dict[str, float] = {}
+    engine.sync_weights(model)
+    for step in tqdm(range(1, cfg.steps + 1), desc="rl", leave=False):
+        model.eval()
+        started = time.perf_counter()
+        problems = [next(stream) for _ in range(cfg.prompts_per_step)]
+        batch = collect(engine, tokenizer, problems, task, cfg, system_prompt=system_prompt,
+                        seed=seed * 1_000_003 + step)
+        rollout_seconds = time.perf_counter() - started
+        rewards = batch.rewards
+        metrics = {
+            "reward_mean": rewards.mean().item(),
+            "accuracy": (rewards == 1.0).float().mean().item(),
+            "response_length": sum(batch.response_lengths) / len(batch.response_lengths),
+            "kept_frac": len(batch.rows) / rewards.numel(),
+            "rollout_tokens_per_s": sum(batch.response_lengths) / rollout_seconds,
+        }
+        if batch.rows:
+            model.train()
+            metrics.update(update(model, reference, optimizer, schedule, params, batch, cfg,
+                                  device, pad_id))
+            engine.sync_weights(model)
+            model.eval()
+            diff = sync_logprob_diff(engine, model, probe, temperature=cfg.temperature,
+                                     stop_token_ids=stops, pad_id=pad_id)
+            metrics["sync_logprob_diff"] = diff
+            if not diff <= sync_tolerance:
+                raise RuntimeError(
+                    f"rl step {step}: after the weight sync the rollout engine's log-probs differ "
+                    f"from the trainer's by {diff:.4g} > rollout.sync_tolerance={sync_tolerance}; "
+                    f"refusing to train on stale weights")
+        metrics["step_seconds"] = time.perf_counter() - started
+        log(metrics, step)
+        if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            evaluate(step)
+        if checkpoint is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            checkpoint(step)
+    model.eval()
+    return metrics
+
+
+def update(model, reference, optimizer, schedule, params, batch: RolloutBatch, cfg: RLConfig,
+           device, pad_id: int) -> dict[str, float]:
+    """`cfg.epochs` optimizer steps on one rollout batch; returns the update's diagnostics."""
+    full = collate(batch.rows, pad_id)
+    coef_by_row = aggregation_coefficients(full["loss_mask"], cfg.loss_aggregation.value,
+                                           cfg.max_new_tokens)  # (rows, seq)
+    micro = list(micro_batches(batch.rows, batch.advantages, cfg.micro_batch_size, pad_id))
+    for mb in micro:
+        mb["coef"] = coef_by_row[mb["index"], : mb["input_ids"].shape[1]]
+        if cfg.epochs > 1 or reference is not None:
+            with torch.no_grad():
+                dev = {k: v.to(device) for k, v in mb.items()}
+                if cfg.epochs > 1:
+                    mb["old"] = policy_logprobs(model, dev, cfg.temperature, cfg.precision)[1].cpu()
+                if reference is not None:
+                    mb["ref"] = policy_logprobs(reference, dev, cfg.temperature, cfg.precision)[1].cpu()
+    started, tokens = time.perf_counter(), 0.0
+    sums = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "tis": 0.0, "entropy": 0.0}
+    for _ in range(cfg.epochs):
+        sums = dict.fromkeys(sums, 0.0)
+        tokens = 0.0
+        for mb in micro:
+            dev = {k: v.to(device) for k, v in mb.items()}
+            logits, logp = policy_logprobs(model, dev, cfg.temperature, cfg.precision)
+            old = dev["old"] if "old" in dev else logp.detach()
+            loss_tok, stats = grpo_token_loss(
+                logp, old, dev["advantages"], clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                engine_logprobs=dev["behavior_logprobs"], tis_cap=cfg.tis_cap,
+                ref_logprobs=dev.get("ref"), kl_coef=cfg.kl_coef,
+            )
+            loss = (loss_tok * dev["coef"]).sum()
+            loss.backward()
+            mask = dev["loss_mask"]
+            tokens += mask.sum().item()
+            sums["loss"] += loss.item()
+            for key in ("clipped", "kl", "tis"):
+                if key in stats:
+                    sums[key] += (stats[key] * mask).sum().item()
+            with torch.no_grad():
+                logq = torch.log_softmax(logits[:, :-1].float() / cfg.temperature, -1)
+                entropy = -(logq.exp() * logq).sum(-1)  # (b, seq-1), predicting tokens 1..
+                sums["entropy"] += (entropy * mask[:, 1:]).sum().item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - started
+    tokens = max(tokens, 1.0)
+    out = {"loss": sums["loss"], "grad_norm": grad_norm, "lr": schedule.get_last_lr()[0],
+           "clip_frac": sums["clipped"] / tokens, "entropy": sums["entropy"] / tokens,
+           "train_tokens_per_s": tokens * cfg.epochs / seconds}
+    if cfg.kl_coef > 0:
+        out["kl"] = sums["kl"] / tokens
+    if cfg.tis_cap is not None:
+        out["tis_mean"] = sums["tis"] / tokens
+    return out
