@@ -170,7 +170,7 @@ class SFTConfig:
 class RLConfig:
     """GRPO from the SFT checkpoint; pear_exp/stages/rl.py states the algorithm."""
 
-    steps: int = 60  # rollout batches, each followed by `epochs` optimizer steps
+    steps: int = 100  # rollout batches, each followed by `epochs` optimizer steps
     prompts_per_step: int = 64
     group_size: int = 8  # samples per prompt
     temperature: float = 1.0
@@ -178,8 +178,8 @@ class RLConfig:
     max_new_tokens: int = 48
     epochs: int = 1  # optimizer steps per rollout batch (> 1: off-policy, the clip matters)
     micro_batch_size: int = 256
-    lr: float = 1e-3
-    warmup_steps: int = 5
+    lr: float = 1e-4
+    warmup_steps: int = 10
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -190,7 +190,7 @@ class RLConfig:
     kl_coef: float = 0.0  # k3 KL to the initial (SFT) policy; 0 skips the reference model
     tis_cap: Optional[float] = 2.0  # truncated importance weight engine -> trainer; null: off
     skip_uniform_groups: bool = True  # groups whose rewards are all equal carry no signal
-    eval_every: int = 20  # held-out evaluation every N steps (0: never during RL)
+    eval_every: int = 25  # held-out evaluation every N steps (0: never during RL)
     eval_problems: int = 100
     checkpoint_every: int = 20
     precision: Precision = Precision.fp32

@@ -1,0 +1,221 @@
+"""Rollout engine on vLLM: same contract as HFEngine, much faster generation on a GPU.
+
+Semantics match `pear_exp.rollout.hf`: prompts are token ids; temperature 0 is greedy; generation
+stops only on `stop_token_ids` (the model's own EOS is ignored unless listed), the stop token is
+kept in `token_ids`; each recorded log-prob is that of the distribution that actually sampled the
+token, i.e. after temperature and top-p (vLLM's `logprobs_mode="processed_logprobs"`).
+
+The engine runs in-process (the constructor sets VLLM_ENABLE_V1_MULTIPROCESSING=0): no engine-core
+process is spawned (which would need `if __name__ == "__main__"` guards in every entry point,
+pytest and Hydra included), and `sync_weights` hands the trainer's tensors to the worker directly
+instead of serialising every weight through a socket.
+
+Weight sync (RL): `Worker.reload_weights` loads the transformers state dict (checkpoint names)
+layer by layer, re-runs each layer's `process_weights_after_loading` and copies the result into
+the original storage (which CUDA graphs point at); on CUDA that is all it takes (not tested here:
+no GPU). The CPU backend needs one more step. There `process_weights_after_loading` packs each
+weight for a CPU GEMM kernel and keeps the packed copy in a closure (`layer.cpu_linear`), and the
+LM head's copy is only rebuilt when the LM head itself receives a tensor. A tied LM head
+(`tie_word_embeddings`) receives none when the weights come from `named_parameters()` or a
+save_pretrained checkpoint (neither lists the tied `lm_head.weight`): the input embedding is new,
+the LM head still computes logits with the OLD one, and log-probs match neither weights. So after
+the reload we re-run `dispatch_cpu_unquantized_gemm` on every unquantized VocabParallelEmbedding
+(input embedding and LM head) from its updated weight. And after every sync the prefix cache is
+reset: its KV blocks were computed with the old weights.
+
+Other CPU specifics: dtype defaults to float32 (log-probs agree with a float32 trainer to about
+1e-6, against about 3e-3 in bfloat16); the KV cache gets a fixed size (`kv_cache_memory_bytes`,
+1 GiB) rather than a share of the machine's memory; chunked prefill is off, because a prefill
+split over steps rewinds seeded generators, which CPU generators cannot do. Sleep mode (free the
+GPU memory while the trainer runs) exists on CUDA only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import torch
+
+from pear_exp.rollout import Completion
+
+logger = logging.getLogger(__name__)
+
+
+def _stream_seed(seed: int, index: int) -> int:
+    """A 32-bit request seed for prompt `index` of a call with `seed`. Hashed, not packed into
+    high bits: the CPU sampler's generator (mt19937) keeps only a seed's low 32 bits."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+def _clamp_max_model_len(model_path: str, max_model_len: int | None) -> int | None:
+    """vLLM refuses a max_model_len above the checkpoint's max_position_embeddings (the tiny
+    models have 256, the config's default is 4096): serve the checkpoint's limit instead."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    if max_model_len and limit and max_model_len > limit:
+        logger.warning("max_model_len %d > %s's max_position_embeddings %d: using %d",
+                       max_model_len, model_path, limit, limit)
+        return int(limit)
+    return max_model_len
+
+
+def _reload_weights_on_worker(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
+    """Runs on each vLLM worker (via collective_rpc): load checkpoint-named tensors in place."""
+    worker.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():  # rebuild the packed embedding / LM-head GEMM (module docstring)
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+        from vllm.model_executor.layers.vocab_parallel_embedding import (
+            UnquantizedEmbeddingMethod,
+            VocabParallelEmbedding,
+        )
+
+        for module in worker.model_runner.get_model().modules():
+            if isinstance(module, VocabParallelEmbedding) and isinstance(
+                module.quant_method, UnquantizedEmbeddingMethod
+            ):
+                dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+
+
+class VLLMEngine:
+    """vLLM `LLM` over a checkpoint directory (or hub id); `sync_weights` pushes a trainer's
+    transformers model into it after each optimizer step."""
+
+    def __init__(
+        self,
+        model_path: str,
+        tokenizer=None,
+        *,
+        batch_size: int | None = None,  # unused: vLLM schedules its own batches
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        dtype: str | None = None,  # None / "auto": float32 on CPU, bfloat16 on GPU
+        max_model_len: int | None = None,  # None: the model's max_position_embeddings
+        enable_sleep_mode: bool = False,  # CUDA only: sleep between generate calls
+        kv_cache_memory_bytes: int | None = None,  # None: 1 GiB on CPU, utilization on GPU
+        seed: int = 0,
+        enforce_eager: bool | None = None,  # None: on CPU only (CUDA graphs on the GPU)
+    ):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine (module docstring)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown our output
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        max_model_len = _clamp_max_model_len(model_path, max_model_len)
+        self.tokenizer = tokenizer
+        self.sleep_mode = enable_sleep_mode and not on_cpu
+        self._asleep: set[str] = set()  # memory tags put to sleep: "weights", "kv_cache"
+        extra = {}
+        if kv_cache_memory_bytes or on_cpu:  # on CPU a fixed size, not a share of the machine
+            extra["kv_cache_memory_bytes"] = kv_cache_memory_bytes or (1 << 30)
+        if on_cpu:
+            # A prefill split over steps rewinds a seeded request's generator, which CPU
+            # generators cannot do (RuntimeError "CPU Generator does not use offset")...
+            extra["enable_chunked_prefill"] = False
+            if max_model_len:  # ...so one step must hold a whole prompt.
+                extra["max_num_batched_tokens"] = max(4096, max_model_len)
+        # The CPU worker replaces torch.set_num_threads with a no-op for the whole process, which
+        # in-process would silently pin the trainer's thread count too: put the original back.
+        set_num_threads = torch.set_num_threads
+        try:
+            self.llm = LLM(
+                model=model_path,
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                dtype=dtype if dtype not in (None, "auto") else "float32" if on_cpu else "bfloat16",
+                max_model_len=max_model_len,
+                enable_sleep_mode=self.sleep_mode,
+                seed=seed,
+                enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
+                logprobs_mode="processed_logprobs",  # after temperature / top-p, as sampled
+                generation_config="vllm",  # ignore the checkpoint's sampling defaults (top_k...)
+                **extra,
+            )
+        finally:
+            torch.set_num_threads = set_num_threads
+
+    def _wake(self, tags: list[str] | None = None) -> None:
+        wake = [t for t in (tags or ["weights", "kv_cache"]) if t in self._asleep]
+        if wake:
+            self.llm.wake_up(wake)
+            self._asleep -= set(wake)
+
+    def _sleep(self) -> None:
+        if self.sleep_mode:  # level 1: weights offloaded to host memory, KV cache dropped
+            self.llm.sleep(level=1)
+            self._asleep = {"weights", "kv_cache"}
+
+    def sync_weights(self, model) -> None:
+        """Copy `model`'s (transformers) weights into the engine; see the module docstring."""
+        # state_dict, not named_parameters: it also lists tied weights (lm_head.weight) by name.
+        weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
+            weights = [(name, t.cpu()) for name, t in weights]  # pickled to worker processes
+        self._wake(["weights"])  # asleep: bring the weights back, leave the KV cache freed
+        self.llm.collective_rpc(_reload_weights_on_worker, args=(weights,))
+        self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
+
+    def generate(
+        self,
+        prompts: list[list[int]],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 64,
+        stop_token_ids: list[int],
+        seed: int = 0,
+        desc: str = "generate",
+    ) -> list[list[Completion]]:
+        """n completions for each prompt (token ids); temperature 0 means greedy.
+
+        Returns completions[prompt_index][sample_index]. Sampling is reproducible for a seed:
+        prompt i's sample k draws from the random stream _stream_seed(seed, i) + k.
+        """
+        from tqdm.auto import tqdm
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not prompts:
+            return []
+        greedy = temperature <= 0
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=0.0 if greedy else temperature,
+                top_p=1.0 if greedy else top_p,
+                top_k=0,  # off
+                max_tokens=max_new_tokens,
+                stop_token_ids=list(stop_token_ids),
+                ignore_eos=True,  # stop on stop_token_ids only, as HFEngine
+                logprobs=0,  # just the sampled token's log-prob
+                seed=None if greedy else _stream_seed(seed, i),  # vLLM adds k for sample k
+                detokenize=False,
+            )
+            for i in range(len(prompts))
+        ]
+        self._wake()
+        try:
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                use_tqdm=lambda *a, **k: tqdm(*a, **{**k, "desc": desc, "leave": False}),
+            )
+        finally:
+            self._sleep()
+        results = []
+        for request in outputs:  # in prompt order
+            samples = []
+            for c in sorted(request.outputs, key=lambda c: c.index):
+                if c.finish_reason not in ("stop", "length"):
+                    raise RuntimeError(f"vLLM request finished with {c.finish_reason!r}")
+                ids = list(c.token_ids)
+                logprobs = [step[t].logprob for step, t in zip(c.logprobs, ids)]
+                samples.append(Completion(ids, logprobs, c.finish_reason))
+            results.append(samples)
+        return results
