@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -110,17 +110,32 @@ class WeightingConfig:
     normalization: Normalization = Normalization.tokens
 
 
+class TaskKind(Enum):
+    countdown = "countdown"  # the tiny world's own game (pear_exp/tasks/countdown.py)
+    math = "math"  # \boxed{} answers graded by math-verify (pear_exp/tasks/math.py)
+    game = "game"  # any reasoning-gym game (pear_exp/tasks/games.py)
+
+
 @dataclass
 class TaskConfig:
-    name: str = "countdown"
+    name: str = "countdown"  # label in metric names: eval/<name>/...
+    kind: TaskKind = TaskKind.countdown
     num_train: int = 4000  # training prompts (behavior data is sampled for these)
-    num_eval: int = 200  # held-out prompts, removed from training by id
+    num_eval: int = 200  # held-out prompts, removed from training; 0 = the whole eval set
     data_seed: int = 0  # fixed split, independent of the run's seed
+    system_prompt: Optional[str] = None
+    # countdown
     num_numbers: int = 3
     min_value: int = 1
     max_value: int = 20
     max_target: int = 999
-    system_prompt: Optional[str] = None
+    # math: a shipped set (aime2024, aime2025, math500), a JSONL path or a datasets id
+    eval_set: str = "math500"
+    train_set: Optional[str] = None
+    grade_timeout: float = 5.0  # seconds per math-verify check, then it scores 0
+    # game: a reasoning-gym generator and its parameters
+    game: Optional[str] = None
+    game_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

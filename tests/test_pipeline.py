@@ -61,3 +61,23 @@ def test_default_run_learns_the_game(tmp_path):
     base, sft = summary["base"], summary["sft"]
     assert sft["pass@1"] - sft["pass@1_ci95"] > base["pass@1"] + base["pass@1_ci95"]
     assert sft["greedy"] > 0.15
+
+
+def test_evaluate_any_checkpoint_on_a_math_set(tmp_path, tokenizer):
+    """stages=[evaluate] with model.path: no other stage runs, every AIME 2024 problem is scored."""
+    from tests.conftest import make_tiny_model
+
+    checkpoint = tmp_path / "ckpt"
+    make_tiny_model(tokenizer).save_pretrained(checkpoint)
+    tokenizer.save_pretrained(checkpoint)
+    run_dir = tmp_path / "run"
+    result = run_cli(["stages=[evaluate]", "task=aime2024", f"model.path={checkpoint}",
+                      "evaluate.num_samples=2", "evaluate.max_new_tokens=8", "logger=none",
+                      f"run_dir={run_dir}"], tmp_path / "cache", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "config.yaml", "evaluate", "summary.json"]
+    rows = (run_dir / "evaluate" / "base" / "problems.jsonl").read_text().splitlines()
+    assert len(rows) == 30 and all(json.loads(r)["n"] == 2 for r in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())["base"]
+    assert summary["pass@1"] == 0.0 and summary["no_answer_frac"] == 1.0  # 8 random tokens

@@ -305,6 +305,10 @@ class Countdown:
         numbers, target = nt
         return list(_by_target(tuple(sorted(numbers))).get(target, ()))
 
+    def extract(self, response: str) -> str | None:
+        """The final answer the grader reads (None: no answer found); used for maj@k."""
+        return extract_answer(response)
+
     def score(self, problem: Problem, response: str) -> float:
         """1.0 iff the final answer is a valid expression of the numbers equal to the target."""
         try:

@@ -434,6 +434,10 @@ class GymGame:
         with contextlib.redirect_stdout(io.StringIO()):
             return float(ds.score_answer(answer, entry))
 
+    def extract(self, response: str) -> str | None:
+        """The final answer the grader reads (None: no answer found); used for maj@k."""
+        return extract_answer(response)
+
     def score(self, problem: Problem, response: str) -> float:
         """1.0 iff the extracted answer scores >= ``pass_threshold``; else 0.0. Never raises."""
         try:

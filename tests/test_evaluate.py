@@ -1,0 +1,78 @@
+"""Evaluation arithmetic on scripted responses, with every number worked out by hand."""
+
+import pytest
+
+from pear_exp.config import EvalConfig
+from pear_exp.rollout import Completion
+from pear_exp.stages.evaluate import evaluate_model, majority_correct
+from pear_exp.tasks.countdown import Countdown
+from pear_exp.tasks.base import Problem
+
+
+class ScriptedEngine:
+    """Returns fixed responses (the thing under test is the scoring, not generation)."""
+
+    def __init__(self, tokenizer, sampled: list[list[str]], greedy: list[str], truncated=()):
+        self.tok, self.sampled, self.greedy, self.truncated = tokenizer, sampled, greedy, truncated
+
+    def completion(self, text):
+        ids = self.tok.encode(text, add_special_tokens=False)
+        if text in self.truncated:
+            return Completion(ids, [0.0] * len(ids), "length")
+        eot = self.tok.convert_tokens_to_ids("<|im_end|>")
+        return Completion(ids + [eot], [0.0] * (len(ids) + 1), "stop")
+
+    def generate(self, prompts, *, n, temperature, **kwargs):
+        if temperature == 0:
+            return [[self.completion(t)] for t in self.greedy]
+        assert all(len(s) == n for s in self.sampled)
+        return [[self.completion(t) for t in s] for s in self.sampled]
+
+    def sync_weights(self, model):
+        pass
+
+
+def test_majority_vote():
+    assert majority_correct(["5", "6", "6"], [True, False, False]) is False
+    assert majority_correct(["5", "6", "5"], [True, False, True]) is True
+    assert majority_correct(["6", "5"], [False, True]) is False  # tie: the earliest answer
+    assert majority_correct([None, None], [False, False]) is False
+
+
+def test_evaluate_model_hand_computed(tokenizer):
+    task = Countdown()
+    p1 = Problem("countdown-3-7-12-15", "Make 15 from 3 7 12", "", ((3, 7, 12), 15))
+    p2 = Problem("countdown-2-3-4-24", "Make 24 from 2 3 4", "", ((2, 3, 4), 24))
+    sampled = [
+        # p1: right, right (another expression), wrong, no answer line
+        ["answer: (12-7)*3", "answer: 3*(12-7)", "answer: 12+7-3", "I give up"],
+        # p2: wrong, right, wrong (same wrong twice), truncated right answer
+        ["answer: 2+3+4", "answer: 2*3*4", "answer: 2+3+4", "answer: 4*3*2"],
+    ]
+    engine = ScriptedEngine(tokenizer, sampled, ["answer: 12-7", "answer: 2*3*4"],
+                            truncated=("answer: 4*3*2",))
+    summary, rows = evaluate_model(engine, tokenizer, [p1, p2], task, EvalConfig(num_samples=4),
+                                   system_prompt=None, seed=0, label="x")
+    assert [r["correct"] for r in rows] == [2, 1]
+    assert [r["no_answer"] for r in rows] == [1, 1]  # "I give up" and the truncated one
+    # pass@1 = mean(2/4, 1/4); pass@2 = mean(1 - C(2,2)/C(4,2), 1 - C(3,2)/C(4,2)) = mean(5/6, 1/2)
+    assert summary["pass@1"] == pytest.approx((0.5 + 0.25) / 2)
+    assert summary["pass@2"] == pytest.approx((5 / 6 + 0.5) / 2)
+    assert summary["pass@4"] == pytest.approx(1.0)
+    # maj@4: p1 answers all distinct -> the first, right; p2 "2+3+4" twice -> wrong
+    assert summary["maj@4"] == pytest.approx(0.5)
+    assert summary["maj@1"] == pytest.approx(0.5)  # first samples: right, wrong
+    assert summary["greedy"] == pytest.approx(0.5)
+    assert summary["no_answer_frac"] == pytest.approx(2 / 8)
+
+
+def test_a_missing_sample_is_an_error(tokenizer):
+    class Short(ScriptedEngine):
+        def generate(self, prompts, *, n, temperature, **kwargs):
+            return [[self.completion("answer: 1")] * (n - 1) for _ in prompts]
+
+    p = Problem("countdown-3-7-12-15", "Make 15 from 3 7 12", "", ((3, 7, 12), 15))
+    with pytest.raises(RuntimeError, match="got 3 samples, expected 4"):
+        evaluate_model(Short(tokenizer, [], []), tokenizer, [p], Countdown(),
+                       EvalConfig(num_samples=4, greedy=False), system_prompt=None, seed=0,
+                       label="x")
