@@ -96,6 +96,8 @@ class ModelConfig:
     tiny: Optional[TinyModelConfig] = None
     dtype: str = "float32"  # torch dtype the weights are loaded in
     trust_remote_code: bool = False
+    # Passed to the chat template for every prompt, e.g. {enable_thinking: false} for Qwen3.
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -52,12 +52,16 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+def load_tokenizer(path: str, cfg: ModelConfig | None = None):
+    """The tokenizer at `path`, carrying the model config's chat-template switches (e.g. Qwen3's
+    enable_thinking) so that every prompt built with it follows the same convention."""
+    cfg = cfg or ModelConfig()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
         raise ValueError(f"tokenizer at {path!r} has no chat template")
+    tokenizer.chat_template_kwargs = dict(cfg.chat_template_kwargs)
     return tokenizer
 
 
@@ -79,13 +83,6 @@ def resolve_path(cfg: ModelConfig, task: TaskConfig, cache_dir: str) -> str:
     return str(tiny_model_dir(cfg, task, cache_dir))
 
 
-def load(cfg: ModelConfig, task: TaskConfig, cache_dir: str):
-    """(model, tokenizer, path) for a model config: hub id, local directory or tiny build."""
-    path = resolve_path(cfg, task, cache_dir)
-    tokenizer = load_tokenizer(path, cfg.trust_remote_code)
-    return load_model(path, cfg.dtype, cfg.trust_remote_code), tokenizer, path
-
-
 def end_of_turn_ids(tokenizer) -> list[int]:
     """Token ids that end an assistant turn: generation stops on them and they carry loss."""
     ids = {tokenizer.eos_token_id}
@@ -100,7 +97,9 @@ def prompt_ids(tokenizer, user: str, system: str | None = None) -> list[int]:
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": user}
     ]
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    extra = getattr(tokenizer, "chat_template_kwargs", {})  # set by load_tokenizer
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                        **extra)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # BatchEncoding in some versions
         ids = ids["input_ids"]
     return list(ids)

@@ -62,8 +62,8 @@ def student_path(cfg: Config) -> str:
 
 def run_behavior(cfg: Config, out: Path, train_problems, task) -> None:
     teacher_path = models.resolve_path(cfg.teacher, cfg.task, cfg.cache_dir)
-    teacher_tok = models.load_tokenizer(teacher_path, cfg.teacher.trust_remote_code)
-    student_tok = models.load_tokenizer(student_path(cfg), cfg.model.trust_remote_code)
+    teacher_tok = models.load_tokenizer(teacher_path, cfg.teacher)
+    student_tok = models.load_tokenizer(student_path(cfg), cfg.model)
     out.mkdir(parents=True, exist_ok=True)
     b, system = cfg.behavior, cfg.task.system_prompt
     if b.source == BehaviorSource.teacher:
@@ -88,7 +88,7 @@ def run_behavior(cfg: Config, out: Path, train_problems, task) -> None:
 def run_sft(cfg: Config, out: Path, behavior_dir: Path, tracker: Tracker) -> None:
     path = student_path(cfg)
     model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
-    tokenizer = models.load_tokenizer(path, cfg.model.trust_remote_code)
+    tokenizer = models.load_tokenizer(path, cfg.model)
     data = load_from_disk(str(behavior_dir / "data"))
     behavior.validate_rows(data, tokenizer, cfg.task.system_prompt, cfg.sft.max_seq_len,
                            name=str(behavior_dir / "data"))
@@ -101,7 +101,7 @@ def run_sft(cfg: Config, out: Path, behavior_dir: Path, tracker: Tracker) -> Non
 def run_rl(cfg: Config, out: Path, start: str, train_problems, eval_problems, task,
            tracker: Tracker) -> None:
     model = models.load_model(start, cfg.model.dtype, cfg.model.trust_remote_code)
-    tokenizer = models.load_tokenizer(start, cfg.model.trust_remote_code)
+    tokenizer = models.load_tokenizer(start, cfg.model)
     engine = make_engine(cfg, start, tokenizer, model)
     held_out = eval_problems[: cfg.rl.eval_problems]
     quick = EvalConfig(num_samples=4, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
@@ -134,7 +134,7 @@ def run_evaluate(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
         if (target / "results.json").exists():
             results[label] = json.loads((target / "results.json").read_text())
             continue
-        tokenizer = models.load_tokenizer(path, cfg.model.trust_remote_code)
+        tokenizer = models.load_tokenizer(path, cfg.model)
         summary, rows = evaluate.evaluate_model(
             make_engine(cfg, path, tokenizer), tokenizer, eval_problems, task, cfg.evaluate,
             system_prompt=cfg.task.system_prompt, seed=cfg.seed, label=label,
