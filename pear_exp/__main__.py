@@ -82,9 +82,39 @@ def main(dict_cfg: DictConfig) -> dict:
                if not k.startswith("hydra") and v is not None and k != "base_config"}
     resolved = OmegaConf.to_container(dict_cfg, resolve=True)
     resolved["choices"] = choices
+    recorded = run_dir / "config.yaml"
+    new_text = OmegaConf.to_yaml(dict_cfg, resolve=True)
+    if recorded.exists():
+        differences = config_differences(OmegaConf.load(recorded), OmegaConf.create(new_text))
+        if differences:
+            raise SystemExit(
+                f"error: {run_dir} was started with another configuration; refusing to mix runs.\n"
+                + "\n".join(differences)
+                + "\nUse a new run_dir, or the recorded values to continue this run.")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+    recorded.write_text(new_text)
     return run(cfg, run_dir, resolved, choices)
+
+
+# Keys that may change between invocations on one run directory: which stages to run now, where
+# caches live, tracking and thread settings. Everything else defines the run's results.
+OPERATIONAL_KEYS = {"stages", "run_dir", "cache_dir", "logger", "threads"}
+
+
+def config_differences(old, new, prefix: str = "") -> list[str]:
+    """'key: recorded -> new' for every leaf that differs, outside OPERATIONAL_KEYS."""
+    old_c = OmegaConf.to_container(old) if not isinstance(old, (dict, list)) else old
+    new_c = OmegaConf.to_container(new) if not isinstance(new, (dict, list)) else new
+    out = []
+    for key in sorted(set(old_c) | set(new_c)):
+        if not prefix and key in OPERATIONAL_KEYS:
+            continue
+        a, b = old_c.get(key, "<absent>"), new_c.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"  {prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def cli() -> None:

@@ -79,3 +79,12 @@ def test_cli_refuses_a_typo_before_anything_runs(tmp_path):
 
 def test_groups_are_the_documented_ones():
     assert {"model", "weighting", "task", "rollout", "logger", "experiment"} <= set(config_groups())
+
+
+def test_config_differences_lists_changed_leaves_but_not_operational_keys():
+    from pear_exp.__main__ import config_differences
+
+    old = {"seed": 0, "stages": ["sft"], "sft": {"lr": 0.1, "steps": 3}, "logger": {"backend": "none"}}
+    new = {"seed": 1, "stages": ["rl"], "sft": {"lr": 0.1, "steps": 4}, "logger": {"backend": "wandb"}}
+    assert config_differences(old, new) == ["  seed: 0 -> 1", "  sft.steps: 3 -> 4"]
+    assert config_differences(old, old) == []

@@ -50,6 +50,11 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     assert "building tiny model" not in second.stdout
     assert json.loads((run_dir / "summary.json").read_text()) == summary
 
+    # the same run directory with a result-changing override is refused, naming the difference
+    third = run_cli(args + ["sft.lr=0.5"], tmp_path / "cache", tmp_path)
+    assert third.returncode != 0
+    assert "sft.lr: 0.002 -> 0.5" in third.stderr and (run_dir / "sft" / "DONE").read_text() == stamp
+
 
 @pytest.mark.slow
 def test_default_run_learns_the_game(tmp_path):
