@@ -181,6 +181,7 @@ class SFTConfig:
     gradient_checkpointing: bool = False
     max_seq_len: int = 256  # longer examples are an error, not silently truncated
     log_every: int = 10
+    checkpoint_every: int = 100  # optimizer steps between resumable checkpoints (0: none)
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """The pipeline: stages in order, each reading the previous stage's artifact from the run directory.
 
     <run_dir>/behavior/data, meta.json, DONE      offline data with behavior log-probs
-    <run_dir>/sft/model/, DONE                    the SFT checkpoint (save_pretrained)
-    <run_dir>/rl/model/, checkpoint/, DONE        GRPO from the SFT checkpoint
+    <run_dir>/sft/model/, checkpoints/, DONE      the SFT checkpoint (save_pretrained)
+    <run_dir>/rl/model/, checkpoints/, DONE       GRPO from the SFT checkpoint
     <run_dir>/evaluate/<checkpoint>/results.json, problems.jsonl; evaluate/DONE
     <run_dir>/metrics.jsonl, summary.json, config.yaml
 
-A stage whose DONE marker exists is skipped, so re-running the same command on the same run
-directory continues after the last finished stage.
+A stage whose DONE marker exists is skipped, and an unfinished SFT or RL stage resumes from its
+latest checkpoint (checkpoints/step-N, written atomically), so re-running the same command on the
+same run directory continues where it stopped.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ def run_sft(cfg: Config, out: Path, behavior_dir: Path, tracker: Tracker) -> Non
                            name=str(behavior_dir / "data"))
     rows = data.select_columns(["input_ids", "loss_mask", "behavior_logprobs"]).to_list()
     sft.train_sft(model, rows, cfg.sft, cfg.weighting, pad_id=tokenizer.pad_token_id,
-                  seed=cfg.seed, log=lambda m, step: tracker.log("sft", m, step))
+                  seed=cfg.seed, log=lambda m, step: tracker.log("sft", m, step),
+                  checkpoint_dir=out / "checkpoints")
     models.save_dir(out / "model", model, tokenizer)
 
 
@@ -115,14 +117,14 @@ def run_rl(cfg: Config, out: Path, start: str, train_problems, eval_problems, ta
         tracker.log("rl_eval", metrics, step)
         return metrics
 
-    def save_checkpoint(step: int) -> None:
-        models.save_dir(out / "checkpoint", model, tokenizer)
-
+    reference = None
+    if cfg.rl.kl_coef > 0:  # the SFT policy, also when resuming from a later checkpoint
+        reference = models.load_model(start, cfg.model.dtype, cfg.model.trust_remote_code)
     rl.train_grpo(model, tokenizer, engine, train_problems, task, cfg.rl, seed=cfg.seed,
                   system_prompt=cfg.task.system_prompt,
                   sync_tolerance=cfg.rollout.sync_tolerance,
                   log=lambda m, step: tracker.log("rl", m, step), evaluate=evaluate_now,
-                  checkpoint=save_checkpoint)
+                  checkpoint_dir=out / "checkpoints", reference=reference)
     models.save_dir(out / "model", model, tokenizer)
 
 

@@ -36,11 +36,13 @@ import copy
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 from tqdm.auto import tqdm
 
+from pear_exp import checkpoint
 from pear_exp.config import Precision, RLConfig
 from pear_exp.losses import (
     aggregation_coefficients, group_advantages, grpo_token_loss, token_logprobs,
@@ -129,26 +131,37 @@ def train_grpo(
     sync_tolerance: float,
     log: Callable[[dict, int], None] = lambda metrics, step: None,
     evaluate: Callable[[int], dict] | None = None,
-    checkpoint: Callable[[int], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    reference=None,
 ) -> dict[str, float]:
-    """Run cfg.steps GRPO steps on `model` in place; returns the last step's metrics."""
+    """Run cfg.steps GRPO steps on `model` in place; returns the last step's metrics.
+
+    `reference`: the frozen initial policy for the KL term (default: a copy of `model` as given).
+    With checkpoint_dir, a checkpoint is written every cfg.checkpoint_every steps and the run
+    resumes from the latest one there: same prompt stream position and rollout seeds.
+    """
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
-    reference = None
-    if cfg.kl_coef > 0:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if cfg.kl_coef > 0 and reference is None:
+        reference = copy.deepcopy(model)
+    if reference is not None:
+        reference.eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
                                   weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.warmup_steps, cfg.steps * cfg.epochs, 1.0))  # warm-up, then flat
     stream = prompt_stream(train_problems, seed)
+    start = checkpoint.load(checkpoint_dir, model, optimizer, schedule) if checkpoint_dir else 0
+    for _ in range(start * cfg.prompts_per_step):  # the data position
+        next(stream)
     stops = end_of_turn_ids(tokenizer)
     probe = [prompt_ids(tokenizer, p.prompt, system_prompt) for p in train_problems[:8]]
     metrics: dict[str, float] = {}
     engine.sync_weights(model)
-    for step in tqdm(range(1, cfg.steps + 1), desc="rl", leave=False):
+    for step in tqdm(range(start + 1, cfg.steps + 1), desc="rl", leave=False, initial=start,
+                     total=cfg.steps):
         model.eval()
         started = time.perf_counter()
         problems = [next(stream) for _ in range(cfg.prompts_per_step)]
@@ -181,8 +194,8 @@ def train_grpo(
         log(metrics, step)
         if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             evaluate(step)
-        if checkpoint is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            checkpoint(step)
+        if checkpoint_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            checkpoint.save(checkpoint_dir, step, model, optimizer, schedule)
     model.eval()
     return metrics
 

@@ -21,11 +21,13 @@ from __future__ import annotations
 import math
 import random
 import time
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from pear_exp import checkpoint
 from pear_exp.config import Normalization, Precision, SFTConfig, WeightingConfig, WeightLevel
 from pear_exp.losses import token_logprobs, weighted_nll_sum
 from pear_exp.weighting import pear_weights, pear_weights_with_stats
@@ -104,8 +106,13 @@ def train_sft(
     seed: int,
     log: Callable[[dict, int], None] = lambda metrics, step: None,
     desc: str = "sft",
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, float]:
-    """Train `model` in place for cfg.steps optimizer steps; returns the last logged metrics."""
+    """Train `model` in place for cfg.steps optimizer steps; returns the last logged metrics.
+
+    With checkpoint_dir, a checkpoint is written every cfg.checkpoint_every steps and training
+    resumes from the latest one found there (same batches, same optimizer and RNG states).
+    """
     if cfg.batch_size % cfg.micro_batch_size:
         raise ValueError(
             f"sft.batch_size={cfg.batch_size} must be a multiple of "
@@ -126,10 +133,13 @@ def train_sft(
     )
     device = next(model.parameters()).device
     batches = length_grouped_batches([len(r["input_ids"]) for r in rows], cfg.batch_size, seed)
+    start = checkpoint.load(checkpoint_dir, model, optimizer, schedule) if checkpoint_dir else 0
+    for _ in range(start):  # the data position: skip the batches already trained on
+        next(batches)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == Precision.bf16)
     metrics: dict[str, float] = {}
     window = {"tokens": 0, "seconds": 0.0}
-    bar = tqdm(range(cfg.steps), desc=desc, leave=False)
+    bar = tqdm(range(start, cfg.steps), desc=desc, leave=False, initial=start, total=cfg.steps)
     for step in bar:
         started = time.perf_counter()
         index = next(batches)
@@ -183,6 +193,8 @@ def train_sft(
             log(metrics, step + 1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             window = {"tokens": 0, "seconds": 0.0}
+        if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            checkpoint.save(checkpoint_dir, step + 1, model, optimizer, schedule)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
