@@ -124,6 +124,7 @@ def run_rl(cfg: Config, out: Path, start: str, train_problems, eval_problems, ta
                   system_prompt=cfg.task.system_prompt,
                   sync_tolerance=cfg.rollout.sync_tolerance,
                   log=lambda m, step: tracker.log("rl", m, step), evaluate=evaluate_now,
+                  log_samples=lambda rows, step: tracker.table(f"rl/samples_step_{step}", rows),
                   checkpoint_dir=out / "checkpoints", reference=reference)
     models.save_dir(out / "model", model, tokenizer)
 
@@ -143,7 +144,11 @@ def run_evaluate(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
         )
         evaluate.save(summary, rows, target)
         tracker.summary({f"eval/{cfg.task.name}/{label}/{k}": v for k, v in summary.items()})
+        tracker.table(f"eval/{cfg.task.name}/{label}/problems", rows)
         results[label] = summary
+    ks = evaluate.ks_up_to(cfg.evaluate.num_samples)
+    tracker.line_plot(f"eval/{cfg.task.name}/pass@k", ks,
+                      {label: [s[f"pass@{k}"] for k in ks] for label, s in results.items()}, "k")
     return results
 
 

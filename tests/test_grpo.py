@@ -79,7 +79,7 @@ def rollout_batch(tokenizer, n=8, seed=0):
                      "behavior_logprobs": [0.0] * len(prompt)
                      + (-torch.rand(len(resp), generator=g) * 3 - 2).tolist()})
         adv.append(float(i % 3) - 1.0)
-    return RolloutBatch(rows, adv, torch.zeros(2, 4), [len(r["input_ids"]) for r in rows])
+    return RolloutBatch(rows, adv, torch.zeros(2, 4), [len(r["input_ids"]) for r in rows], [])
 
 
 def grad_of_update(tokenizer, batch, micro, **rl):

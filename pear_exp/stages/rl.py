@@ -62,6 +62,7 @@ class RolloutBatch:
     advantages: list[float]  # one per row
     rewards: torch.Tensor  # (prompts, group_size), every sample, kept or not
     response_lengths: list[int]  # every sample
+    samples: list[dict]  # a few (prompt, response, reward) for inspection
 
 
 def prompt_stream(problems: list[Problem], seed: int) -> Iterator[Problem]:
@@ -97,7 +98,10 @@ def collect(engine: RolloutEngine, tokenizer, problems: list[Problem], task, cfg
             })
             kept_advantages.append(advantages[i, j].item())
     lengths = [len(c.token_ids) for group in completions for c in group]
-    return RolloutBatch(rows, kept_advantages, rewards, lengths)
+    samples = [{"prompt": p.prompt, "reward": rewards[i, 0].item(),
+                "response": tokenizer.decode(completions[i][0].token_ids, skip_special_tokens=True)}
+               for i, p in enumerate(problems[:8])]
+    return RolloutBatch(rows, kept_advantages, rewards, lengths, samples)
 
 
 def policy_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, precision):
@@ -131,6 +135,7 @@ def train_grpo(
     sync_tolerance: float,
     log: Callable[[dict, int], None] = lambda metrics, step: None,
     evaluate: Callable[[int], dict] | None = None,
+    log_samples: Callable[[list[dict], int], None] | None = None,
     checkpoint_dir: Path | None = None,
     reference=None,
 ) -> dict[str, float]:
@@ -192,8 +197,11 @@ def train_grpo(
                     f"refusing to train on stale weights")
         metrics["step_seconds"] = time.perf_counter() - started
         log(metrics, step)
-        if evaluate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            evaluate(step)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            if evaluate is not None:
+                evaluate(step)
+            if log_samples is not None:
+                log_samples(batch.samples, step)
         if checkpoint_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             checkpoint.save(checkpoint_dir, step, model, optimizer, schedule)
     model.eval()

@@ -202,8 +202,10 @@ def train_sft(
 
 
 def weight_stats_over(parts, cfg: WeightingConfig) -> dict[str, float]:
-    """PEAR diagnostics over all micro-batches of one step (right-padded to a common width)."""
+    """PEAR diagnostics over all micro-batches of one step (right-padded to a common width),
+    and the step's weights on loss tokens (a tensor, logged as a histogram)."""
     width = max(p[0].shape[1] for p in parts)
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
     policy, behavior, mask = (torch.cat([pad(p[k]) for p in parts]) for k in range(3))
-    return pear_weights_with_stats(policy, behavior, mask, **weighting_kwargs(cfg))[1]
+    weights, stats = pear_weights_with_stats(policy, behavior, mask, **weighting_kwargs(cfg))
+    return {**stats, "weight_hist": weights[mask.bool()]}  # the tensor becomes a histogram
