@@ -250,6 +250,9 @@ class Config:
     run_dir: Optional[str] = None  # null: Hydra's output directory for this job
     cache_dir: str = "~/.cache/pear_exp"  # tiny models built by the framework are cached here
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # torch.use_deterministic_algorithms: bitwise-repeatable runs (and resumes) where the
+    # backend supports it; on CUDA it also sets CUBLAS_WORKSPACE_CONFIG. Slower on GPUs.
+    deterministic: bool = False
     experiment: Optional[str] = None  # set by +experiment presets, used as the W&B group
 
 

@@ -14,6 +14,7 @@ same run directory continues where it stopped.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -168,6 +169,9 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
     """Run cfg.stages in order under run_dir; returns the evaluation results."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     datasets.disable_progress_bars()  # our own bars cover the long work
     run_dir.mkdir(parents=True, exist_ok=True)
     task = make_task(cfg.task)

@@ -10,7 +10,7 @@ import time
 
 from safetensors.torch import load_file
 
-ARGS = ["+experiment=smoke", "logger=none", "sft.steps=60", "sft.checkpoint_every=5",
+ARGS = ["+experiment=smoke", "logger=none", "deterministic=true", "sft.steps=60", "sft.checkpoint_every=5",
         "sft.log_every=5", "rl.steps=12", "rl.checkpoint_every=3", "rl.eval_every=6"]
 
 
