@@ -179,6 +179,9 @@ class SFTConfig:
     grad_clip: float = 1.0
     precision: Precision = Precision.fp32
     gradient_checkpointing: bool = False
+    # > 0: log-probs from the last hidden states this many positions at a time, never holding
+    # (batch, seq, vocab) logits (large vocabularies); 0: through the full logits.
+    logprob_chunk_size: int = 0
     max_seq_len: int = 256  # longer examples are an error, not silently truncated
     log_every: int = 10
     checkpoint_every: int = 100  # optimizer steps between resumable checkpoints (0: none)

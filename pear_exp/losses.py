@@ -114,3 +114,41 @@ def grpo_token_loss(
         loss = loss + kl_coef * kl
         stats["kl"] = kl.detach()
     return loss, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Large vocabularies
+
+
+def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                    temperature: float) -> torch.Tensor:
+    logits = (hidden @ weight.T).float()  # (chunk, vocab): the only vocab-wide tensor alive
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
+                           input_ids: torch.Tensor, temperature: float = 1.0,
+                           chunk_size: int = 1024) -> torch.Tensor:
+    """token_logprobs computed from the last hidden states, `chunk_size` positions at a time.
+
+    hidden: (batch, seq, hidden) before the LM head; lm_head_weight: (vocab, hidden).
+    The (batch, seq, vocab) logits are never materialised: each chunk's logits exist only inside
+    a checkpointed function and are recomputed in the backward pass, so peak memory holds one
+    (chunk_size, vocab) float32 block instead of the whole sequence's.
+    Returns (batch, seq) float32, 0 at position 0, equal to token_logprobs(lm_head(hidden), ...).
+    """
+    batch, seq, width = hidden.shape
+    flat_hidden = hidden[:, :-1].reshape(-1, width)  # (batch * (seq-1), hidden)
+    targets = input_ids[:, 1:].reshape(-1)
+    parts = []
+    for start in range(0, flat_hidden.shape[0], chunk_size):
+        h, t = flat_hidden[start : start + chunk_size], targets[start : start + chunk_size]
+        if torch.is_grad_enabled() and (h.requires_grad or lm_head_weight.requires_grad):
+            parts.append(torch.utils.checkpoint.checkpoint(
+                _chunk_logprobs, h, lm_head_weight, t, temperature, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(h, lm_head_weight, t, temperature))
+    logp = torch.cat(parts).view(batch, seq - 1)
+    return F.pad(logp, (1, 0))

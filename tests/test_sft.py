@@ -134,3 +134,11 @@ def test_gradient_checkpointing_gives_the_same_gradient(tokenizer):
     assert not model.is_gradient_checkpointing  # switched off again after training
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-4)
+
+
+def test_chunked_log_probs_give_the_same_gradient(tokenizer):
+    rows = rows_for(tokenizer)
+    full, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token)
+    chunked, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token, logprob_chunk_size=7)
+    for name in full:
+        torch.testing.assert_close(chunked[name], full[name], atol=1e-6, rtol=1e-4)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from pear_exp import checkpoint
 from pear_exp.config import Normalization, Precision, SFTConfig, WeightingConfig, WeightLevel
-from pear_exp.losses import token_logprobs, weighted_nll_sum
+from pear_exp.losses import chunked_token_logprobs, token_logprobs, weighted_nll_sum
 from pear_exp.weighting import pear_weights, pear_weights_with_stats
 
 Row = dict  # input_ids: list[int], loss_mask: list[int], behavior_logprobs: list[float]
@@ -88,12 +88,35 @@ def weighting_kwargs(cfg: WeightingConfig) -> dict:
     )
 
 
-def target_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, policy_logprobs: torch.Tensor,
+def forward_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int,
+                     temperature: float = 1.0) -> tuple[Callable, torch.Tensor]:
+    """(recompute, log-probs (batch, seq)) of the batch's tokens under `model`.
+
+    chunk_size 0: through the model's full logits. chunk_size > 0: from the last hidden states,
+    chunk_size positions at a time, never materialising (batch, seq, vocab) logits (large
+    vocabularies). `recompute(T)` gives the detached log-probs at another temperature T from the
+    same forward pass.
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if not chunk_size:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        return (lambda t: token_logprobs(logits.detach(), ids, t)), token_logprobs(logits, ids, temperature)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    weight = model.get_output_embeddings().weight
+
+    def recompute(t):
+        with torch.no_grad():
+            return chunked_token_logprobs(hidden.detach(), weight.detach(), ids, t, chunk_size)
+
+    return recompute, chunked_token_logprobs(hidden, weight, ids, temperature, chunk_size)
+
+
+def target_logprobs(recompute: Callable, policy_logprobs: torch.Tensor,
                     cfg: WeightingConfig) -> torch.Tensor:
     """log pi_theta at the target (RL) temperature, detached: the p_t of PEAR.md."""
     if cfg.target_temperature == 1.0:
         return policy_logprobs.detach()
-    return token_logprobs(logits.detach(), input_ids, cfg.target_temperature)
+    return recompute(cfg.target_temperature)
 
 
 def train_sft(
@@ -152,13 +175,12 @@ def train_sft(
             totals["slots"] += batch["input_ids"].numel()
             totals["real"] += int(batch["attention_mask"].sum())
             with autocast:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logp = token_logprobs(logits, batch["input_ids"])  # (batch, seq)
+                recompute, logp = forward_logprobs(model, batch, cfg.logprob_chunk_size)  # (b, seq)
             mask = batch["loss_mask"]
             if weighting.level == WeightLevel.none:
                 weights = mask
             else:
-                target = target_logprobs(logits, batch["input_ids"], logp, weighting)
+                target = target_logprobs(recompute, logp, weighting)
                 weights = pear_weights(target, batch["behavior_logprobs"], mask,
                                        **weighting_kwargs(weighting))  # (batch, seq)
                 if logging_step:
