@@ -43,7 +43,7 @@ def test_offline_wandb_run_holds_config_metrics_and_tables(tmp_path):
     (table_file,) = (run_file.parent / "files" / "media" / "table").glob(f"{key}_*.table.json")
     content = json.loads(table_file.read_text())
     assert len(content["data"]) == 16 and {"problem_id", "correct", "n"} <= set(content["columns"])
-    assert any(f"eval/countdown/pass@k_table/_type" in row for row in logged)  # the pass@k plot
+    assert any("eval/countdown/pass@k_table/_type" in row for row in logged)  # the pass@k plot
     summary_keys = {u.key for r in kinds["summary"] for u in r.summary.update}
     assert {"eval/countdown/base/pass@1", "eval/countdown/sft/pass@2"} <= summary_keys
 

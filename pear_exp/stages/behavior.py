@@ -30,7 +30,7 @@ import torch
 from datasets import Dataset, load_dataset
 from tqdm.auto import tqdm
 
-from pear_exp.config import BehaviorConfig, BehaviorSource
+from pear_exp.config import BehaviorConfig
 from pear_exp.losses import token_logprobs
 from pear_exp.models import end_of_turn_ids, prompt_ids, response_ids
 from pear_exp.rollout import RolloutEngine
