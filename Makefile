@@ -33,7 +33,7 @@ smoke: ## every stage in seconds, learning little
 test: ## the fast, offline, CPU-only test suite (what CI runs)
 	$(PY) -m pytest -q
 
-test-slow: ## the end-to-end tests that take minutes
+test-slow: ## the end-to-end tests that take minutes (sweeps, the full default run; CI runs them)
 	$(PY) -m pytest -q -m slow
 
 clean: ## remove run outputs (not the tiny-model cache in ~/.cache/pear_exp)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from pear_exp.__main__ import CONF_DIR
@@ -22,6 +23,7 @@ def test_slurm_launcher_config_composes():
     assert launcher.gpus_per_node == 8 and launcher.nodes == 1 and "partition" in launcher
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_runs_a_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PEAR_EXP_CACHE": str(tmp_path / "cache")}

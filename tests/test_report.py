@@ -18,6 +18,7 @@ def test_mean_t_interval_hand_values():
     assert mean == 2.0 and half == pytest.approx(4.303 / 3**0.5)
 
 
+@pytest.mark.slow
 def test_two_by_two_multirun_and_report(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PEAR_EXP_CACHE": str(tmp_path / "cache")}
