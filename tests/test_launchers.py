@@ -2,15 +2,13 @@
 code path runs a sweep here with its local executor."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from pear_exp.__main__ import CONF_DIR
 from pear_exp.config import register_configs
+from tests.test_pipeline import run_cli
 
 
 def test_slurm_launcher_config_composes():
@@ -26,11 +24,9 @@ def test_slurm_launcher_config_composes():
 @pytest.mark.slow
 def test_submitit_local_executor_runs_a_sweep(tmp_path):
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "PEAR_EXP_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pear_exp", "--multirun", "hydra/launcher=local", "+experiment=smoke",
-         "logger=none", "stages=[behavior,sft,evaluate]", "seed=0,1", f"hydra.sweep.dir={sweep}"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    result = run_cli(["--multirun", "hydra/launcher=local", "+experiment=smoke", "logger=none",
+                      "stages=[behavior,sft,evaluate]", "seed=0,1", f"hydra.sweep.dir={sweep}"],
+                     tmp_path / "cache", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Submitit 'local' sweep" in result.stdout + result.stderr
     summaries = sorted(sweep.glob("*/summary.json"))

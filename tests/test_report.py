@@ -1,13 +1,11 @@
 """A 2 x 2 multirun (weighting x seed) on the smoke world, and its report."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from pear_exp.report import mean_t_interval, report
+from tests.test_pipeline import run_cli
 
 
 def test_mean_t_interval_hand_values():
@@ -21,11 +19,8 @@ def test_mean_t_interval_hand_values():
 @pytest.mark.slow
 def test_two_by_two_multirun_and_report(tmp_path):
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "PEAR_EXP_CACHE": str(tmp_path / "cache")}
-    result = subprocess.run(
-        [sys.executable, "-m", "pear_exp", "--multirun", "+experiment=smoke", "logger=none",
-         "weighting=none,block", "seed=0,1", f"hydra.sweep.dir={sweep}"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    result = run_cli(["--multirun", "+experiment=smoke", "logger=none", "weighting=none,block",
+                      "seed=0,1", f"hydra.sweep.dir={sweep}"], tmp_path / "cache", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = sorted(sweep.glob("*/summary.json"))
     assert len(summaries) == 4  # each job in its own run directory

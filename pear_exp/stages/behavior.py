@@ -133,6 +133,7 @@ def validate_rows(data, tokenizer, system_prompt: str | None, max_seq_len: int, 
     if missing:
         raise DataError(f"{name}: missing column(s) {missing}; found {data.column_names}")
     vocab = len(tokenizer)
+    prompts: dict[str, list[int]] = {}
     for i, row in enumerate(data):
         ids, mask, logp = row["input_ids"], row["loss_mask"], row["behavior_logprobs"]
         where = f"{name}: row {i} (problem {row['problem_id']})"
@@ -151,7 +152,9 @@ def validate_rows(data, tokenizer, system_prompt: str | None, max_seq_len: int, 
         if bad is not None:
             raise DataError(f"{where}: token id {bad} is outside the student's vocabulary ({vocab})")
         start = mask.index(1)
-        expected = prompt_ids(tokenizer, row["prompt"], system_prompt)
+        if row["prompt"] not in prompts:  # rows share prompts (several samples per prompt)
+            prompts[row["prompt"]] = prompt_ids(tokenizer, row["prompt"], system_prompt)
+        expected = prompts[row["prompt"]]
         if ids[:start] != expected:
             k = next((k for k, (a, b) in enumerate(zip(ids, expected)) if a != b),
                      min(start, len(expected)))

@@ -21,9 +21,9 @@ from pear_exp.rollout import Completion, RolloutEngine
 from pear_exp.tasks.base import Problem
 
 
-def outcomes(task, problems: list[Problem], completions: list[Completion], tokenizer) -> list[str]:
-    """"correct" | "wrong" | "no_answer" | "timeout" | "truncated" for each response."""
-    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+def outcomes(task, problems: list[Problem], completions: list[Completion],
+             texts: list[str]) -> list[str]:
+    """"correct" | "wrong" | "no_answer" | "timeout" | "truncated" for each decoded response."""
     if hasattr(task, "classify_many"):  # math: one batch through the grading workers
         labels = task.classify_many(problems, texts)
     else:
@@ -72,9 +72,13 @@ def evaluate_model(engine: RolloutEngine, tokenizer, problems: list[Problem], ta
         if len(samples) != n:
             raise RuntimeError(f"problem {problem.id} got {len(samples)} samples, expected {n}")
     flat = [c for samples in sampled for c in samples]
-    labels = outcomes(task, [p for p in problems for _ in range(n)], flat, tokenizer)
-    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in flat]
-    greedy_labels = outcomes(task, problems, [g[0] for g in greedy], tokenizer) if greedy else None
+    decode = lambda cs: [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in cs]  # noqa: E731
+    texts = decode(flat)
+    labels = outcomes(task, [p for p in problems for _ in range(n)], flat, texts)
+    greedy_labels = None
+    if greedy:
+        firsts = [g[0] for g in greedy]
+        greedy_labels = outcomes(task, problems, firsts, decode(firsts))
     rows = []
     for i, problem in enumerate(problems):
         mine = labels[i * n : (i + 1) * n]
