@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pear_exp import distributed
 from pear_exp.config import Config, register_configs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -77,28 +79,41 @@ def main(dict_cfg: DictConfig) -> dict:
 
     hydra_cfg = HydraConfig.get()
     cfg: Config = OmegaConf.to_object(dict_cfg)
-    run_dir = Path(cfg.run_dir or hydra_cfg.runtime.output_dir)
+    if cfg.plan:  # print what would run and what it needs; load, download, write nothing
+        from pear_exp.plan import print_plan
+
+        print_plan(cfg, hydra_cfg.runtime.choices)
+        return {}
+    world = distributed.init(cfg.distributed)
+    # Hydra names the output directory after the clock on each rank: use rank 0's everywhere.
+    run_dir = Path(world.broadcast(cfg.run_dir or hydra_cfg.runtime.output_dir))
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items()
                if not k.startswith("hydra") and v is not None and k != "base_config"}
     resolved = OmegaConf.to_container(dict_cfg, resolve=True)
     resolved["choices"] = choices
     recorded = run_dir / "config.yaml"
     new_text = OmegaConf.to_yaml(dict_cfg, resolve=True)
-    if recorded.exists():
+    if world.is_main and recorded.exists():
         differences = config_differences(OmegaConf.load(recorded), OmegaConf.create(new_text))
         if differences:
             raise SystemExit(
                 f"error: {run_dir} was started with another configuration; refusing to mix runs.\n"
                 + "\n".join(differences)
                 + "\nUse a new run_dir, or the recorded values to continue this run.")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(new_text)
-    return run(cfg, run_dir, resolved, choices)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recorded.write_text(new_text)
+    world.barrier()
+    try:
+        return run(cfg, run_dir, resolved, choices, world)
+    finally:
+        distributed.shutdown()
 
 
 # Keys that may change between invocations on one run directory: which stages to run now, where
-# caches live, tracking and thread settings. Everything else defines the run's results.
-OPERATIONAL_KEYS = {"stages", "run_dir", "cache_dir", "logger", "threads"}
+# caches live, tracking, thread and process settings (the objective does not depend on them).
+# Everything else defines the run's results.
+OPERATIONAL_KEYS = {"stages", "run_dir", "cache_dir", "logger", "threads", "plan", "distributed"}
 
 
 def config_differences(old, new, prefix: str = "") -> list[str]:
@@ -117,6 +132,20 @@ def config_differences(old, new, prefix: str = "") -> list[str]:
     return out
 
 
+# plan=true writes nothing: Hydra's output directory, saved configs and log file are turned off
+# (the job "runs" in the current directory, which exists already).
+PLAN_HYDRA_OVERRIDES = {"hydra.run.dir": ".", "hydra.output_subdir": "null",
+                        "hydra/job_logging": "stdout"}
+
+
+def plan_overrides(args: list[str]) -> list[str]:
+    """The Hydra overrides plan=true needs, less those the command line sets itself."""
+    if not any(re.fullmatch(r"\+{0,2}plan=(true|yes|on|1)", a, re.IGNORECASE) for a in args):
+        return []
+    given = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
+    return [f"{k}={v}" for k, v in PLAN_HYDRA_OVERRIDES.items() if k not in given]
+
+
 def cli() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
@@ -124,6 +153,7 @@ def cli() -> None:
     except ConfigKeyError as err:
         print(err.code, file=sys.stderr)
         sys.exit(2)
+    sys.argv += plan_overrides(sys.argv[1:])
     main()
 
 

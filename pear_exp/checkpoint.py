@@ -4,6 +4,11 @@ A checkpoint is written to a temporary directory and renamed to `step-<N>` (a re
 so every `step-*` directory is complete: a kill -9 at any moment leaves the last finished one
 loadable. Older checkpoints are removed only after the new one is in place. The data position
 is the step itself: the stages rebuild their seeded data streams and skip the consumed part.
+
+Model and optimizer states are stored unsharded and keyed by parameter name
+(torch.distributed.checkpoint's full state dicts), so a run can resume with another number of
+processes or another parallel strategy. Under several processes every rank takes part in
+gathering the state (a collective) and rank 0 writes it; on resume every rank reads it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+
+from pear_exp.distributed import World
 
 
 def latest(directory: Path) -> Path | None:
@@ -22,38 +28,41 @@ def latest(directory: Path) -> Path | None:
     return max(steps, key=lambda p: int(p.name[5:]), default=None)
 
 
-def save(directory: Path, step: int, model, optimizer, scheduler) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".tmp-step-{step}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
-    torch.save({
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "torch_rng": torch.random.get_rng_state(),
-        "python_rng": random.getstate(),
-    }, tmp / "state.pt")
+def save(directory: Path, step: int, module, optimizer, scheduler, world: World) -> Path:
+    model_state, optim_state = world.full_state(module, optimizer)
     final = directory / f"step-{step}"
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    for old in directory.glob("step-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    if world.is_main:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".tmp-step-{step}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save({
+            "step": step,
+            "model": model_state,
+            "optimizer": optim_state,
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.random.get_rng_state(),
+            "python_rng": random.getstate(),
+        }, tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        for old in directory.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    world.barrier()
     return final
 
 
-def load(directory: Path, model, optimizer, scheduler) -> int:
+def load(directory: Path, module, optimizer, scheduler, world: World) -> int:
     """Restore the latest checkpoint into the given objects; returns its step (0: none)."""
-    path = latest(directory)
+    path = world.broadcast(latest(directory))  # the same checkpoint on every rank
     if path is None:
         return 0
-    load_model(model, str(path / "model.safetensors"))
     state = torch.load(path / "state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    world.load_full_state(module, state["model"], optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.random.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])
-    print(f"[pear_exp] resuming from {path}")
+    if world.is_main:
+        print(f"[pear_exp] resuming from {path}")
     return state["step"]

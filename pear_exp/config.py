@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 
 class WeightLevel(Enum):
@@ -37,6 +38,12 @@ class PretrainData(Enum):
     domain = "domain"  # text of the task's domain that is not the task: makes a student base
 
 
+class SolutionStyle(Enum):  # how a Countdown solution is written (tasks/countdown.py restyle)
+    steps = "steps"  # worked steps, inner operation first, then the answer (the game's format)
+    terse = "terse"  # the answer line alone
+    reverse = "reverse"  # worked steps, outermost (goal) first, then the answer
+
+
 class Stage(Enum):
     behavior = "behavior"
     sft = "sft"
@@ -58,6 +65,11 @@ class LossAggregation(Enum):
     token_mean = "token_mean"
     seq_mean_token_mean = "seq_mean_token_mean"
     seq_mean_token_sum_norm = "seq_mean_token_sum_norm"
+
+
+class ParallelStrategy(Enum):
+    ddp = "ddp"  # every rank holds the whole model and optimizer; gradients are all-reduced
+    fsdp = "fsdp"  # FSDP2: parameters, gradients and optimizer states sharded over the ranks
 
 
 class LoggerBackend(Enum):
@@ -87,6 +99,45 @@ class TinyModelConfig:
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 1234
+    # Designed teacher/student mismatch (experiments/tiny_mismatch); the defaults change nothing.
+    # pretrain=domain: this fraction of the examples are game solutions (steps style) instead, so
+    # the student base already solves some instances in its own style.
+    solutions_frac: float = 0.0
+    # Game solutions in the pretraining data are written in `alt_style` with this probability
+    # (Countdown only), otherwise in the steps style.
+    alt_style: SolutionStyle = SolutionStyle.steps
+    alt_style_frac: float = 0.0
+
+
+class ModelType(Enum):
+    qwen2 = "qwen2"  # Qwen2 / Qwen2.5 / DeepSeek-R1-Distill-Qwen: q, k, v projections with bias
+    qwen3 = "qwen3"  # Qwen3: no q, k, v bias; RMSNorm over each head of q and k
+
+
+@dataclass
+class ArchitectureConfig:
+    """The numbers of a checkpoint's config.json that plan mode (pear_exp/plan.py) needs for the
+    exact parameter count and the memory estimate without downloading anything. A config.json
+    found locally (model.path a directory, or in the Hugging Face cache) takes precedence."""
+
+    model_type: ModelType = MISSING
+    num_layers: int = MISSING  # num_hidden_layers
+    hidden_size: int = MISSING
+    num_heads: int = MISSING  # num_attention_heads
+    num_kv_heads: int = MISSING  # num_key_value_heads (grouped-query attention)
+    head_dim: int = MISSING  # hidden_size / num_heads for Qwen2; explicit in Qwen3 configs
+    intermediate_size: int = MISSING  # SwiGLU width
+    vocab_size: int = MISSING  # embedding rows (padded above the tokenizer's length)
+    tie_word_embeddings: bool = MISSING  # LM head shares the embedding matrix
+
+
+@dataclass
+class SamplingConfig:
+    """The model card's recommended sampling; experiment presets point behavior and evaluation
+    sampling at it (e.g. behavior.temperature: ${teacher.sampling.temperature})."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
 
 
 @dataclass
@@ -98,6 +149,11 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Passed to the chat template for every prompt, e.g. {enable_thinking: false} for Qwen3.
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Prompt + response tokens the checkpoint supports (max_position_embeddings); plan mode
+    # checks generation lengths against it. null: unknown (tiny models: tiny.max_positions).
+    context_length: Optional[int] = None
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    architecture: Optional[ArchitectureConfig] = None  # null: tiny, or read from config.json
 
 
 @dataclass
@@ -215,6 +271,7 @@ class RLConfig:
     eval_problems: int = 100
     checkpoint_every: int = 20
     precision: Precision = Precision.fp32
+    logprob_chunk_size: int = 0  # as sft.logprob_chunk_size: > 0 for large vocabularies
 
 
 @dataclass
@@ -224,6 +281,16 @@ class EvalConfig:
     top_p: float = 1.0
     max_new_tokens: int = 48
     greedy: bool = True  # also report greedy accuracy
+
+
+@dataclass
+class DistributedConfig:
+    """Multi-process training, used when torchrun (or a SLURM job with several tasks) starts
+    several processes; a single process ignores it (pear_exp/distributed.py)."""
+
+    strategy: ParallelStrategy = ParallelStrategy.ddp
+    # How long ranks wait for each other (rank 0 samples, evaluates and writes alone meanwhile).
+    timeout_minutes: int = 720
 
 
 @dataclass
@@ -246,6 +313,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     stages: list[Stage] = field(
         default_factory=lambda: [Stage.behavior, Stage.sft, Stage.rl, Stage.evaluate]
     )
@@ -257,6 +325,9 @@ class Config:
     # backend supports it; on CUDA it also sets CUBLAS_WORKSPACE_CONFIG. Slower on GPUs.
     deterministic: bool = False
     experiment: Optional[str] = None  # set by +experiment presets, used as the W&B group
+    # Print the resolved stages, models, data sizes and a per-GPU memory estimate, then exit
+    # without loading weights or creating the run directory (pear_exp/plan.py).
+    plan: bool = False
 
 
 def register_configs() -> None:

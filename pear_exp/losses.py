@@ -152,3 +152,24 @@ def chunked_token_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
             parts.append(_chunk_logprobs(h, lm_head_weight, t, temperature))
     logp = torch.cat(parts).view(batch, seq - 1)
     return F.pad(logp, (1, 0))
+
+
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) at each prediction, aligned like token_logprobs:
+    (batch, seq), position t holds the entropy of the distribution that predicted token t."""
+    logq = F.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
+    return F.pad(-(logq.exp() * logq).sum(-1), (1, 0))
+
+
+@torch.no_grad()
+def chunked_token_entropy(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
+                          temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+    """token_entropy(lm_head(hidden)) without materialising (batch, seq, vocab) logits."""
+    batch, seq, width = hidden.shape
+    flat = hidden[:, :-1].reshape(-1, width)
+    parts = []
+    for start in range(0, flat.shape[0], chunk_size):
+        logq = F.log_softmax((flat[start : start + chunk_size] @ lm_head_weight.T).float()
+                             / temperature, dim=-1)
+        parts.append(-(logq.exp() * logq).sum(-1))
+    return F.pad(torch.cat(parts).view(batch, seq - 1), (1, 0))

@@ -25,12 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from pear_exp import models
-from pear_exp.config import BehaviorSource, Config, Engine, EvalConfig, Stage
+from pear_exp.config import BehaviorSource, Config, Engine, EvalConfig, ParallelStrategy, Stage
+from pear_exp.distributed import World
 from pear_exp.rollout import RolloutEngine
 from pear_exp.rollout.hf import HFEngine
 from pear_exp.stages import behavior, evaluate, rl, sft
 from pear_exp.tasks import make_task, split
-from pear_exp.tracking import Tracker
+from pear_exp.tracking import NullTracker, Tracker
 
 console = Console()
 
@@ -87,7 +88,21 @@ def run_behavior(cfg: Config, out: Path, train_problems, task) -> None:
                      if "teacher_accuracy" in meta else ""))
 
 
-def run_sft(cfg: Config, out: Path, behavior_dir: Path, tracker: Tracker) -> None:
+def save_trained(world: World, path: Path, model, tokenizer) -> None:
+    """save_pretrained of a trained model by rank 0; under FSDP every rank first helps gather it."""
+    state = None
+    if world.distributed and world.strategy == ParallelStrategy.fsdp:
+        state = world.full_state(model)[0]
+        names = {}  # gathered copies of tied weights (lm_head = embeddings) are saved once
+        for name, param in model.named_parameters(remove_duplicate=False):
+            if names.setdefault(id(param), name) != name:
+                state.pop(name, None)
+    if world.is_main:
+        models.save_dir(path, model, tokenizer, state_dict=state)
+    world.barrier()
+
+
+def run_sft(cfg: Config, out: Path, behavior_dir: Path, tracker: Tracker, world: World) -> None:
     path = student_path(cfg)
     model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
     tokenizer = models.load_tokenizer(path, cfg.model)
@@ -97,15 +112,20 @@ def run_sft(cfg: Config, out: Path, behavior_dir: Path, tracker: Tracker) -> Non
     rows = data.select_columns(["input_ids", "loss_mask", "behavior_logprobs"]).to_list()
     sft.train_sft(model, rows, cfg.sft, cfg.weighting, pad_id=tokenizer.pad_token_id,
                   seed=cfg.seed, log=lambda m, step: tracker.log("sft", m, step),
-                  checkpoint_dir=out / "checkpoints")
-    models.save_dir(out / "model", model, tokenizer)
+                  checkpoint_dir=out / "checkpoints", world=world)
+    save_trained(world, out / "model", model, tokenizer)
 
 
 def run_rl(cfg: Config, out: Path, start: str, train_problems, eval_problems, task,
-           tracker: Tracker) -> None:
-    model = models.load_model(start, cfg.model.dtype, cfg.model.trust_remote_code)
+           tracker: Tracker, world: World) -> None:
+    load = lambda: models.load_model(start, cfg.model.dtype, cfg.model.trust_remote_code)  # noqa: E731
+    model = load()
     tokenizer = models.load_tokenizer(start, cfg.model)
-    engine = make_engine(cfg, start, tokenizer, model)
+    engine = engine_model = None
+    if world.is_main:  # rank 0 samples; under FSDP from an unsharded copy of the policy
+        sharded = world.distributed and world.strategy == ParallelStrategy.fsdp
+        engine_model = load() if sharded else model
+        engine = make_engine(cfg, start, tokenizer, engine_model)
     held_out = eval_problems[: cfg.rl.eval_problems]
     quick = EvalConfig(num_samples=4, temperature=cfg.rl.temperature, top_p=cfg.rl.top_p,
                        max_new_tokens=cfg.rl.max_new_tokens, greedy=True)
@@ -126,8 +146,9 @@ def run_rl(cfg: Config, out: Path, start: str, train_problems, eval_problems, ta
                   sync_tolerance=cfg.rollout.sync_tolerance,
                   log=lambda m, step: tracker.log("rl", m, step), evaluate=evaluate_now,
                   log_samples=lambda rows, step: tracker.table(f"rl/samples_step_{step}", rows),
-                  checkpoint_dir=out / "checkpoints", reference=reference)
-    models.save_dir(out / "model", model, tokenizer)
+                  checkpoint_dir=out / "checkpoints", reference=reference, world=world,
+                  engine_model=engine_model)
+    save_trained(world, out / "model", model, tokenizer)
 
 
 def run_evaluate(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
@@ -165,8 +186,13 @@ def print_summary(results: dict[str, dict], n: int) -> None:
     console.print(table)
 
 
-def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, str]) -> dict:
-    """Run cfg.stages in order under run_dir; returns the evaluation results."""
+def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, str],
+        world: World | None = None) -> dict:
+    """Run cfg.stages in order under run_dir; returns the evaluation results.
+
+    With several processes (pear_exp/distributed.py) every rank calls this: SFT and RL train on
+    all ranks, the other stages run on rank 0 while the rest wait."""
+    world = world or World()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -176,25 +202,35 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
     run_dir.mkdir(parents=True, exist_ok=True)
     task = make_task(cfg.task)
     train_problems, eval_problems = split(cfg.task)
-    tracker = Tracker(
-        cfg.logger, run_dir, resolved_config, name=run_dir.name, group=cfg.experiment,
-        tags=[f"{k}={v}" for k, v in choices.items()] + [f"seed={cfg.seed}"],
-    )
+    tracker = NullTracker()
+    if world.is_main:
+        tracker = Tracker(
+            cfg.logger, run_dir, resolved_config, name=run_dir.name, group=cfg.experiment,
+            tags=[f"{k}={v}" for k, v in choices.items()] + [f"seed={cfg.seed}"],
+        )
+
+    def pending(stage: Stage) -> bool:  # decided by rank 0, so every rank takes the same path
+        return world.broadcast(stage in cfg.stages and not done(run_dir / stage.value))
+
     results: dict = {}
     try:
-        if Stage.behavior in cfg.stages and not done(run_dir / "behavior"):
-            run_behavior(cfg, run_dir / "behavior", train_problems, task)
-            mark_done(run_dir / "behavior")
-        if Stage.sft in cfg.stages and not done(run_dir / "sft"):
+        if pending(Stage.behavior):
+            if world.is_main:
+                run_behavior(cfg, run_dir / "behavior", train_problems, task)
+                mark_done(run_dir / "behavior")
+            world.barrier()
+        if pending(Stage.sft):
             if not done(run_dir / "behavior"):
                 raise FileNotFoundError(f"sft needs the behavior stage's data in {run_dir}/behavior")
-            run_sft(cfg, run_dir / "sft", run_dir / "behavior", tracker)
-            mark_done(run_dir / "sft")
-        if Stage.rl in cfg.stages and not done(run_dir / "rl"):
+            run_sft(cfg, run_dir / "sft", run_dir / "behavior", tracker, world)
+            if world.is_main:
+                mark_done(run_dir / "sft")
+        if pending(Stage.rl):
             start = str(run_dir / "sft" / "model") if done(run_dir / "sft") else student_path(cfg)
-            run_rl(cfg, run_dir / "rl", start, train_problems, eval_problems, task, tracker)
-            mark_done(run_dir / "rl")
-        if Stage.evaluate in cfg.stages:
+            run_rl(cfg, run_dir / "rl", start, train_problems, eval_problems, task, tracker, world)
+            if world.is_main:
+                mark_done(run_dir / "rl")
+        if Stage.evaluate in cfg.stages and world.is_main:
             checkpoints = {"base": student_path(cfg)}
             for stage in ("sft", "rl"):
                 if done(run_dir / stage):
@@ -202,9 +238,11 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
             results = run_evaluate(cfg, run_dir / "evaluate", eval_problems, task, tracker,
                                    checkpoints)
             (run_dir / "summary.json").write_text(json.dumps(results, indent=2))
+        world.barrier()
     finally:
         tracker.finish()
     if results:
         print_summary(results, cfg.evaluate.num_samples)
-    console.print(f"run directory: {run_dir}")
+    if world.is_main:
+        console.print(f"run directory: {run_dir}")
     return results

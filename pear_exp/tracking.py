@@ -91,3 +91,12 @@ class Tracker:
 
 def _cell(value):
     return value if isinstance(value, (int, float, str, bool)) or value is None else json.dumps(value)
+
+
+class NullTracker:
+    """What ranks other than 0 log to in multi-process runs: nothing (rank 0 records the run)."""
+
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+    table = line_plot = summary = finish = log

@@ -7,7 +7,9 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from pear_exp.config import LossAggregation, RLConfig
+from pear_exp.distributed import World
 from pear_exp.losses import aggregation_coefficients, group_advantages, grpo_token_loss
+from pear_exp.models import TokenLogProbs
 from pear_exp.stages.rl import RolloutBatch, update
 from tests.conftest import make_tiny_model
 
@@ -91,10 +93,10 @@ def grad_of_update(tokenizer, batch, micro, **rl):
     seen = []
     handle = register_optimizer_step_pre_hook(
         lambda opt, a, k: seen.append({n: p.grad.clone() for n, p in model.named_parameters()}))
-    reference = make_tiny_model(tokenizer, seed=5) if rl.get("kl_coef", 0) else None
+    reference = TokenLogProbs(make_tiny_model(tokenizer, seed=5)) if rl.get("kl_coef", 0) else None
     try:
-        update(model, reference, optimizer, schedule, params, batch, cfg, torch.device("cpu"),
-               tokenizer.pad_token_id)
+        update(TokenLogProbs(model), reference, optimizer, schedule, params, batch, cfg,
+               torch.device("cpu"), tokenizer.pad_token_id, World())
     finally:
         handle.remove()
     return seen

@@ -33,6 +33,7 @@ then not comparable with the trainer's, so keep top_p = 1 when tis_cap is set.
 from __future__ import annotations
 
 import copy
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -43,11 +44,10 @@ import torch
 from tqdm.auto import tqdm
 
 from pear_exp import checkpoint
-from pear_exp.config import Precision, RLConfig
-from pear_exp.losses import (
-    aggregation_coefficients, group_advantages, grpo_token_loss, token_logprobs,
-)
-from pear_exp.models import end_of_turn_ids, prompt_ids
+from pear_exp.config import ParallelStrategy, Precision, RLConfig
+from pear_exp.distributed import World, clip_grad_norm
+from pear_exp.losses import aggregation_coefficients, group_advantages, grpo_token_loss
+from pear_exp.models import TokenLogProbs, decoder_layers, end_of_turn_ids, prompt_ids
 from pear_exp.rollout import RolloutEngine, sync_logprob_diff
 from pear_exp.stages.sft import collate, lr_lambda
 from pear_exp.tasks.base import Problem
@@ -104,28 +104,31 @@ def collect(engine: RolloutEngine, tokenizer, problems: list[Problem], task, cfg
     return RolloutBatch(rows, kept_advantages, rewards, lengths, samples)
 
 
-def policy_logprobs(model, batch: dict[str, torch.Tensor], temperature: float, precision):
-    with torch.autocast(batch["input_ids"].device.type, dtype=torch.bfloat16,
-                        enabled=precision == Precision.bf16):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return logits, token_logprobs(logits, batch["input_ids"], temperature)
-
-
-def micro_batches(rows: list[dict], advantages: list[float], size: int, pad_id: int):
-    """Length-sorted micro-batches, each padded only to its own longest row."""
+def micro_batches(rows: list[dict], advantages: list[float], size: int, pad_id: int,
+                  world: World) -> list[dict]:
+    """This rank's micro-batches of the step: length-sorted, each padded only to its own longest
+    row, at most `size` rows, and the same number on every rank (DDP and FSDP need every rank to
+    run as many forward/backward passes). A rank left without rows gets one row with zero
+    coefficient (`dummy`)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
-    for start in range(0, len(order), size):
-        idx = order[start : start + size]
+    per_rank = math.ceil(len(order) / (size * world.size))
+    parts = [list(p) for p in torch.tensor(order).tensor_split(per_rank * world.size)]
+    out = []
+    for idx in world.shard(parts):
+        dummy = not idx
+        idx = idx or order[:1]
         batch = collate([rows[i] for i in idx], pad_id)
         batch["advantages"] = torch.tensor([advantages[i] for i in idx]).unsqueeze(1)  # (b, 1)
         batch["index"] = torch.tensor(idx)
-        yield batch
+        batch["dummy"] = dummy
+        out.append(batch)
+    return out
 
 
 def train_grpo(
     model,
     tokenizer,
-    engine: RolloutEngine,
+    engine: RolloutEngine | None,
     train_problems: list[Problem],
     task,
     cfg: RLConfig,
@@ -138,40 +141,66 @@ def train_grpo(
     log_samples: Callable[[list[dict], int], None] | None = None,
     checkpoint_dir: Path | None = None,
     reference=None,
+    world: World | None = None,
+    engine_model=None,
 ) -> dict[str, float]:
     """Run cfg.steps GRPO steps on `model` in place; returns the last step's metrics.
 
     `reference`: the frozen initial policy for the KL term (default: a copy of `model` as given).
     With checkpoint_dir, a checkpoint is written every cfg.checkpoint_every steps and the run
     resumes from the latest one there: same prompt stream position and rollout seeds.
+    Several processes: every rank calls this; rank 0 holds the `engine` (None elsewhere),
+    samples each batch and sends it to the others, and every rank trains on its share.
+    `engine_model`: under FSDP, an unsharded copy of the model on rank 0 that receives the
+    weights after each update and serves the engine and the parity probe (default: `model`).
     """
+    world = world or World()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     if cfg.kl_coef > 0 and reference is None:
         reference = copy.deepcopy(model)
     if reference is not None:
-        reference.eval().requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
+        reference = TokenLogProbs(reference.eval().requires_grad_(False), cfg.logprob_chunk_size)
+    sharded = world.distributed and world.strategy == ParallelStrategy.fsdp
+    if sharded and world.is_main and engine_model is None:
+        raise ValueError("under FSDP, rank 0 needs an unsharded engine_model for the engine")
+    engine_model = engine_model if sharded else model
+    policy = world.wrap(TokenLogProbs(model, cfg.logprob_chunk_size), decoder_layers(model))
+    params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
                                   weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.warmup_steps, cfg.steps * cfg.epochs, 1.0))  # warm-up, then flat
     stream = prompt_stream(train_problems, seed)
-    start = checkpoint.load(checkpoint_dir, model, optimizer, schedule) if checkpoint_dir else 0
+    start = (checkpoint.load(checkpoint_dir, policy, optimizer, schedule, world)
+             if checkpoint_dir else 0)
     for _ in range(start * cfg.prompts_per_step):  # the data position
         next(stream)
     stops = end_of_turn_ids(tokenizer)
     probe = [prompt_ids(tokenizer, p.prompt, system_prompt) for p in train_problems[:8]]
+
+    def push_weights() -> None:
+        """The policy's weights into the engine (rank 0); every rank takes part under FSDP."""
+        if sharded:
+            state, _ = world.full_state(model)
+            if world.is_main:
+                engine_model.load_state_dict(state)
+        if world.is_main:
+            engine.sync_weights(engine_model)
+
     metrics: dict[str, float] = {}
-    engine.sync_weights(model)
+    push_weights()
     for step in tqdm(range(start + 1, cfg.steps + 1), desc="rl", leave=False, initial=start,
-                     total=cfg.steps):
+                     total=cfg.steps, disable=not world.is_main):
         model.eval()
         started = time.perf_counter()
         problems = [next(stream) for _ in range(cfg.prompts_per_step)]
-        batch = collect(engine, tokenizer, problems, task, cfg, system_prompt=system_prompt,
-                        seed=seed * 1_000_003 + step)
+        batch = None
+        if world.is_main:
+            batch = collect(engine, tokenizer, problems, task, cfg, system_prompt=system_prompt,
+                            seed=seed * 1_000_003 + step)
+        batch = world.broadcast(batch)
         rollout_seconds = time.perf_counter() - started
         rewards = batch.rewards
         metrics = {
@@ -183,12 +212,15 @@ def train_grpo(
         }
         if batch.rows:
             model.train()
-            metrics.update(update(model, reference, optimizer, schedule, params, batch, cfg,
-                                  device, pad_id))
-            engine.sync_weights(model)
+            metrics.update(update(policy, reference, optimizer, schedule, params, batch, cfg,
+                                  device, pad_id, world))
+            push_weights()
             model.eval()
-            diff = sync_logprob_diff(engine, model, probe, temperature=cfg.temperature,
-                                     stop_token_ids=stops, pad_id=pad_id)
+            diff = None
+            if world.is_main:
+                diff = sync_logprob_diff(engine, engine_model, probe, temperature=cfg.temperature,
+                                         stop_token_ids=stops, pad_id=pad_id)
+            diff = world.broadcast(diff)  # every rank stops together
             metrics["sync_logprob_diff"] = diff
             if not diff <= sync_tolerance:
                 raise RuntimeError(
@@ -197,65 +229,69 @@ def train_grpo(
                     f"refusing to train on stale weights")
         metrics["step_seconds"] = time.perf_counter() - started
         log(metrics, step)
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if world.is_main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             if evaluate is not None:
                 evaluate(step)
             if log_samples is not None:
                 log_samples(batch.samples, step)
         if checkpoint_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            checkpoint.save(checkpoint_dir, step, model, optimizer, schedule)
+            checkpoint.save(checkpoint_dir, step, policy, optimizer, schedule, world)
     model.eval()
     return metrics
 
 
-def update(model, reference, optimizer, schedule, params, batch: RolloutBatch, cfg: RLConfig,
-           device, pad_id: int) -> dict[str, float]:
-    """`cfg.epochs` optimizer steps on one rollout batch; returns the update's diagnostics."""
+def update(policy, reference, optimizer, schedule, params, batch: RolloutBatch, cfg: RLConfig,
+           device, pad_id: int, world: World) -> dict[str, float]:
+    """`cfg.epochs` optimizer steps on one rollout batch; returns the update's diagnostics.
+
+    policy / reference: TokenLogProbs modules (policy possibly wrapped by DDP / FSDP)."""
     full = collate(batch.rows, pad_id)
     coef_by_row = aggregation_coefficients(full["loss_mask"], cfg.loss_aggregation.value,
-                                           cfg.max_new_tokens)  # (rows, seq)
-    micro = list(micro_batches(batch.rows, batch.advantages, cfg.micro_batch_size, pad_id))
+                                           cfg.max_new_tokens)  # (rows, seq), over the whole step
+    micro = micro_batches(batch.rows, batch.advantages, cfg.micro_batch_size, pad_id, world)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=cfg.precision == Precision.bf16)
     for mb in micro:
-        mb["coef"] = coef_by_row[mb["index"], : mb["input_ids"].shape[1]]
+        mb["coef"] = coef_by_row[mb["index"], : mb["input_ids"].shape[1]] * (not mb["dummy"])
         if cfg.epochs > 1 or reference is not None:
-            with torch.no_grad():
-                dev = {k: v.to(device) for k, v in mb.items()}
+            with torch.no_grad(), autocast:
+                ids, attn = mb["input_ids"].to(device), mb["attention_mask"].to(device)
                 if cfg.epochs > 1:
-                    mb["old"] = policy_logprobs(model, dev, cfg.temperature, cfg.precision)[1].cpu()
+                    mb["old"] = policy(ids, attn, cfg.temperature)[0].cpu()
                 if reference is not None:
-                    mb["ref"] = policy_logprobs(reference, dev, cfg.temperature, cfg.precision)[1].cpu()
-    started, tokens = time.perf_counter(), 0.0
-    sums = {"loss": 0.0, "clipped": 0.0, "kl": 0.0, "tis": 0.0, "entropy": 0.0}
+                    mb["ref"] = reference(ids, attn, cfg.temperature)[0].cpu()
+    started = time.perf_counter()
     for _ in range(cfg.epochs):
-        sums = dict.fromkeys(sums, 0.0)
-        tokens = 0.0
-        for mb in micro:
-            dev = {k: v.to(device) for k, v in mb.items()}
-            logits, logp = policy_logprobs(model, dev, cfg.temperature, cfg.precision)
-            old = dev["old"] if "old" in dev else logp.detach()
-            loss_tok, stats = grpo_token_loss(
-                logp, old, dev["advantages"], clip_low=cfg.clip_low, clip_high=cfg.clip_high,
-                engine_logprobs=dev["behavior_logprobs"], tis_cap=cfg.tis_cap,
-                ref_logprobs=dev.get("ref"), kl_coef=cfg.kl_coef,
-            )
-            loss = (loss_tok * dev["coef"]).sum()
-            loss.backward()
-            mask = dev["loss_mask"]
-            tokens += mask.sum().item()
+        sums = dict.fromkeys(("loss", "clipped", "kl", "tis", "entropy", "tokens"), 0.0)
+        for k, mb in enumerate(micro):
+            dev = {key: v.to(device) if torch.is_tensor(v) else v for key, v in mb.items()}
+            with world.gradient_sync(policy, k == len(micro) - 1):
+                with autocast:
+                    logp, _, entropy = policy(dev["input_ids"], dev["attention_mask"],
+                                              cfg.temperature, entropy=True)
+                old = dev["old"] if "old" in dev else logp.detach()
+                loss_tok, stats = grpo_token_loss(
+                    logp, old, dev["advantages"], clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                    engine_logprobs=dev["behavior_logprobs"], tis_cap=cfg.tis_cap,
+                    ref_logprobs=dev.get("ref"), kl_coef=cfg.kl_coef,
+                )
+                loss = (loss_tok * dev["coef"]).sum()
+                # DDP / FSDP average gradients over the ranks; the step's loss is their sum
+                (loss * world.size).backward()
+            mask = dev["loss_mask"] * (not mb["dummy"])
+            sums["tokens"] += mask.sum().item()
             sums["loss"] += loss.item()
             for key in ("clipped", "kl", "tis"):
                 if key in stats:
                     sums[key] += (stats[key] * mask).sum().item()
-            with torch.no_grad():
-                logq = torch.log_softmax(logits[:, :-1].float() / cfg.temperature, -1)
-                entropy = -(logq.exp() * logq).sum(-1)  # (b, seq-1), predicting tokens 1..
-                sums["entropy"] += (entropy * mask[:, 1:]).sum().item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+            sums["entropy"] += (entropy * mask).sum().item()
+        grad_norm = clip_grad_norm(params, cfg.grad_clip)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - started
-    tokens = max(tokens, 1.0)
+    sums = dict(zip(sums, world.sum(list(sums.values()))))
+    tokens = max(sums["tokens"], 1.0)
     out = {"loss": sums["loss"], "grad_norm": grad_norm, "lr": schedule.get_last_lr()[0],
            "clip_frac": sums["clipped"] / tokens, "entropy": sums["entropy"] / tokens,
            "train_tokens_per_s": tokens * cfg.epochs / seconds}

@@ -9,7 +9,8 @@ Algorithm, per optimizer step (PEAR.md):
     divide every gradient by N, N = loss tokens in the whole step (or sum W: self-normalised),
     clip the gradient norm, AdamW step, learning-rate schedule step.
 Dividing the accumulated gradient by N once, after all micro-batches, makes the objective exactly
-sum W l / N for any micro-batch split (and, later, any data-parallel split).
+sum W l / N for any micro-batch split and any number of data-parallel processes
+(pear_exp/distributed.py: each rank takes its share of the step; N is summed over the ranks).
 
 Batches: examples are grouped by length within windows of 50 batches and the batch order is then
 shuffled, so little compute goes to padding while the data order stays random.
@@ -29,7 +30,9 @@ from tqdm.auto import tqdm
 
 from pear_exp import checkpoint
 from pear_exp.config import Normalization, Precision, SFTConfig, WeightingConfig, WeightLevel
-from pear_exp.losses import chunked_token_logprobs, token_logprobs, weighted_nll_sum
+from pear_exp.distributed import World, clip_grad_norm
+from pear_exp.losses import weighted_nll_sum
+from pear_exp.models import TokenLogProbs, decoder_layers
 from pear_exp.weighting import pear_weights, pear_weights_with_stats
 
 Row = dict  # input_ids: list[int], loss_mask: list[int], behavior_logprobs: list[float]
@@ -88,37 +91,6 @@ def weighting_kwargs(cfg: WeightingConfig) -> dict:
     )
 
 
-def forward_logprobs(model, batch: dict[str, torch.Tensor], chunk_size: int,
-                     temperature: float = 1.0) -> tuple[Callable, torch.Tensor]:
-    """(recompute, log-probs (batch, seq)) of the batch's tokens under `model`.
-
-    chunk_size 0: through the model's full logits. chunk_size > 0: from the last hidden states,
-    chunk_size positions at a time, never materialising (batch, seq, vocab) logits (large
-    vocabularies). `recompute(T)` gives the detached log-probs at another temperature T from the
-    same forward pass.
-    """
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    if not chunk_size:
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        return (lambda t: token_logprobs(logits.detach(), ids, t)), token_logprobs(logits, ids, temperature)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-    weight = model.get_output_embeddings().weight
-
-    def recompute(t):
-        with torch.no_grad():
-            return chunked_token_logprobs(hidden.detach(), weight.detach(), ids, t, chunk_size)
-
-    return recompute, chunked_token_logprobs(hidden, weight, ids, temperature, chunk_size)
-
-
-def target_logprobs(recompute: Callable, policy_logprobs: torch.Tensor,
-                    cfg: WeightingConfig) -> torch.Tensor:
-    """log pi_theta at the target (RL) temperature, detached: the p_t of PEAR.md."""
-    if cfg.target_temperature == 1.0:
-        return policy_logprobs.detach()
-    return recompute(cfg.target_temperature)
-
-
 def train_sft(
     model,
     rows: Sequence[Row],
@@ -130,16 +102,21 @@ def train_sft(
     log: Callable[[dict, int], None] = lambda metrics, step: None,
     desc: str = "sft",
     checkpoint_dir: Path | None = None,
+    world: World | None = None,
 ) -> dict[str, float]:
     """Train `model` in place for cfg.steps optimizer steps; returns the last logged metrics.
 
     With checkpoint_dir, a checkpoint is written every cfg.checkpoint_every steps and training
     resumes from the latest one found there (same batches, same optimizer and RNG states).
+    In a world of several processes every rank calls this with the same rows and seed: each
+    trains on its share of every step's sequences (pear_exp/distributed.py); under FSDP `model`
+    ends up sharded (gather it with world.full_state).
     """
-    if cfg.batch_size % cfg.micro_batch_size:
+    world = world or World()
+    if cfg.batch_size % (cfg.micro_batch_size * world.size):
         raise ValueError(
-            f"sft.batch_size={cfg.batch_size} must be a multiple of "
-            f"sft.micro_batch_size={cfg.micro_batch_size}"
+            f"sft.batch_size={cfg.batch_size} must be a multiple of sft.micro_batch_size="
+            f"{cfg.micro_batch_size}" + (f" x {world.size} processes" if world.distributed else "")
         )
     if len(rows) < cfg.batch_size:
         raise ValueError(f"{len(rows)} training rows is fewer than sft.batch_size={cfg.batch_size}")
@@ -147,55 +124,68 @@ def train_sft(
     model.train()
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    params = [p for p in model.parameters() if p.requires_grad]
+    device = next(model.parameters()).device
+    policy = world.wrap(TokenLogProbs(model, cfg.logprob_chunk_size), decoder_layers(model))
+    params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     )
-    device = next(model.parameters()).device
     batches = length_grouped_batches([len(r["input_ids"]) for r in rows], cfg.batch_size, seed)
-    start = checkpoint.load(checkpoint_dir, model, optimizer, schedule) if checkpoint_dir else 0
+    start = (checkpoint.load(checkpoint_dir, policy, optimizer, schedule, world)
+             if checkpoint_dir else 0)
     for _ in range(start):  # the data position: skip the batches already trained on
         next(batches)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == Precision.bf16)
+    # PEAR's p_t is the current model at the RL temperature: a second, detached log-softmax of
+    # the same forward pass when that temperature is not 1.
+    target_temperature = (weighting.target_temperature
+                          if weighting.level != WeightLevel.none
+                          and weighting.target_temperature != 1.0 else None)
     metrics: dict[str, float] = {}
     window = {"tokens": 0, "seconds": 0.0}
-    bar = tqdm(range(start, cfg.steps), desc=desc, leave=False, initial=start, total=cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc=desc, leave=False, initial=start, total=cfg.steps,
+               disable=not world.is_main)
     for step in bar:
         started = time.perf_counter()
-        index = next(batches)
+        index = world.shard(next(batches))  # every rank draws the same batch, keeps its share
         totals = {"num": 0.0, "nll": 0.0, "tokens": 0.0, "weight": 0.0, "slots": 0, "real": 0}
         stats_parts = []
         logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
-        for start in range(0, len(index), cfg.micro_batch_size):
+        starts = range(0, len(index), cfg.micro_batch_size)
+        for start in starts:
             micro = [rows[i] for i in index[start : start + cfg.micro_batch_size]]
             batch = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
             totals["slots"] += batch["input_ids"].numel()
             totals["real"] += int(batch["attention_mask"].sum())
-            with autocast:
-                recompute, logp = forward_logprobs(model, batch, cfg.logprob_chunk_size)  # (b, seq)
-            mask = batch["loss_mask"]
-            if weighting.level == WeightLevel.none:
-                weights = mask
-            else:
-                target = target_logprobs(recompute, logp, weighting)
-                weights = pear_weights(target, batch["behavior_logprobs"], mask,
-                                       **weighting_kwargs(weighting))  # (batch, seq)
-                if logging_step:
-                    stats_parts.append((target, batch["behavior_logprobs"], mask))
-            numerator = weighted_nll_sum(logp, weights)
-            numerator.backward()
+            # gradients are reduced over the ranks once, in the step's last backward
+            with world.gradient_sync(policy, start == starts[-1]):
+                with autocast:
+                    logp, target, _ = policy(batch["input_ids"], batch["attention_mask"],
+                                             target_temperature=target_temperature)  # (b, seq)
+                mask = batch["loss_mask"]
+                if weighting.level == WeightLevel.none:
+                    weights = mask
+                else:
+                    target = logp.detach() if target is None else target
+                    weights = pear_weights(target, batch["behavior_logprobs"], mask,
+                                           **weighting_kwargs(weighting))  # (batch, seq)
+                    if logging_step:
+                        stats_parts.append((target, batch["behavior_logprobs"], mask))
+                numerator = weighted_nll_sum(logp, weights)
+                numerator.backward()
             totals["num"] += numerator.item()
             totals["nll"] += -(logp.detach() * mask).sum().item()
             totals["tokens"] += mask.sum().item()
             totals["weight"] += weights.sum().item()
+        totals = dict(zip(totals, world.sum(list(totals.values()))))  # over all ranks
         norm = totals["tokens"] if weighting.normalization == Normalization.tokens else totals["weight"]
-        for p in params:
+        for p in params:  # DDP / FSDP averaged over the ranks: the objective is their sum / N
             if p.grad is not None:
-                p.grad.div_(max(norm, 1e-12))
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip).item()
+                p.grad.div_(max(norm, 1e-12) / world.size)
+        grad_norm = clip_grad_norm(params, cfg.grad_clip)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
@@ -210,13 +200,13 @@ def train_sft(
                 "loss_tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
                 "pad_frac": 1 - totals["real"] / totals["slots"],  # compute spent on padding
             }
-            if stats_parts:
+            if stats_parts:  # PEAR diagnostics over this rank's share of the step
                 metrics.update(weight_stats_over(stats_parts, weighting))
             log(metrics, step + 1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             window = {"tokens": 0, "seconds": 0.0}
         if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
-            checkpoint.save(checkpoint_dir, step + 1, model, optimizer, schedule)
+            checkpoint.save(checkpoint_dir, step + 1, policy, optimizer, schedule, world)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
