@@ -1,0 +1,588 @@
+"""Plan mode: what a configuration will run and roughly what it needs, before anything runs.
+
+    python -m pear_exp +experiment=aime_qwen3 plan=true
+
+prints the stages, the models (hub id or path, exact parameter count, dtype, context), the data
+sizes and token budgets of every stage, and an estimate of the memory each stage needs per GPU,
+then exits: no weights are loaded, nothing is downloaded, no run directory is created.
+
+Parameter counts are exact: the model is built from its architecture on the meta device (shapes,
+no storage) and its parameters counted (tied embeddings once). The architecture comes from, in
+order: a config.json found locally (model.path a directory, or the Hugging Face cache, read with
+local_files_only), the preset's `architecture` block, the tiny model's settings.
+
+Memory per GPU (bytes; every term is a pure function below, so it can be checked by hand). It is
+an estimate for choosing micro-batch sizes, sharding and tensor parallelism, not a measurement: the
+CUDA context (about 0.5-1 GiB), allocator fragmentation, communication buffers and short-lived
+temporaries are not counted. P parameters, b bytes per element of model.dtype (the trainer keeps
+its master weights, gradients and AdamW states in that dtype), L layers, h hidden size,
+q = heads x head_dim, k = kv_heads x head_dim, i intermediate size, V vocabulary rows, T tokens of
+one micro-batch (micro_batch_size x sequence length), W the world size.
+  weights / grads    P*b each;  AdamW  2*P*b (exp_avg, exp_avg_sq)        all / W under FSDP
+  activations        what autograd keeps per token and layer, with e bytes per element of the
+                     compute dtype (2 under bf16 autocast or for bf16 weights):
+                     a = 4bh + 5eh + 2e(q + k) + 4ei: two RMSNorms keep their input and
+                     normalised output in the residual dtype (4bh); the q, k, v, gate and up
+                     projections each keep their own bf16 copy of a norm output (5eh; 2bh, the
+                     norm outputs themselves, when b = e and nothing is cast); q, k, v and the
+                     attention output; gate, up, silu(gate) and their product.
+                     Autocast also makes compute-dtype copies of fp32 weights (c = P*e when
+                     b != e), cached for the whole forward pass and kept for backward.
+                     Without checkpointing: L*T*a + c. With: L*T*h*b (each layer's input)
+                     + max(c, T*a) (the forward pass's weight copies, or the one layer recomputed
+                     during backward).
+                     Checked on an H100 (torch 2.11, transformers 5.17, sdpa) with random
+                     Qwen2.5-1.5B and Qwen3-4B shapes, fp32 weights, bf16 autocast: measured
+                     peaks of forward + backward were within -8% and +14% of activations +
+                     log-probs here, at 2 x 4k tokens with checkpointing and 1 x 4k or 1 x 2k
+                     without.
+  log-probs          12 bytes per token and vocabulary entry at peak (bf16 logits, their fp32
+                     copy, the fp32 log-softmax kept for backward, its gradient): T*V*12, or
+                     min(c, T)*V*12 with logprob_chunk_size c > 0
+  reference          P*b (/ W under FSDP) when rl.kl_coef > 0
+  vLLM engine        reserves gpu_memory_utilization x GPU memory on each of its
+                     tensor_parallel_size GPUs: weights P*e/tp (e = 2 for bf16 serving), the rest
+                     is KV cache at 2*L*k*2 bytes per token (/tp)
+  hf engine          weights P*b plus a KV cache (model.dtype) for rollout.batch_size
+                     full-length sequences
+Rank 0 runs the rollout engine next to its trainer process (pear_exp/distributed.py), so the RL
+row adds the engine's reservation to the trainer's memory: that is the busiest GPU.
+Sequence lengths assume a prompt budget of sft.max_seq_len - behavior.max_new_tokens tokens (the
+room SFT leaves for the prompt), or PROMPT_TOKENS when that is not positive: real prompts are
+measured only at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pear_exp.config import (
+    ArchitectureConfig, BehaviorSource, Config, Engine, ModelConfig, ModelType, Precision, Stage,
+    TaskKind,
+)
+
+GiB = 2**30
+PROMPT_TOKENS = 512  # prompt length assumed when the config does not imply one
+DEFAULT_GPU_GIB = 80  # H100 80GB; the real size is read when a GPU is visible
+LOGPROB_BYTES = 12  # per token and vocabulary entry at the log-softmax's peak (module docstring)
+DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    label: str  # student / teacher
+    name: str
+    source: str  # hub id, directory, or "tiny (built by the framework)"
+    arch: ArchitectureConfig | None
+    arch_from: str  # where the architecture came from
+    params: int | None
+    dtype: str
+    context: int | None
+
+
+# ----------------------------------------------------------------------------- architecture
+def architecture_of(model: ModelConfig):
+    """(transformers config, ArchitectureConfig, where they came from), without the network; the
+    configs are None when nothing describes the model."""
+    if model.path is not None:
+        found = local_hf_config(model.path, model.trust_remote_code)
+        if found is not None:
+            config, where = found
+            return config, from_hf_config(config), where
+    if model.architecture is not None:
+        return hf_config(model.architecture), model.architecture, "preset"
+    if model.tiny is not None:
+        arch = tiny_architecture(model)
+        return hf_config(arch), arch, "tiny settings"
+    return None, None, "unknown: no config.json found locally, no architecture block"
+
+
+def local_hf_config(path: str, trust_remote_code: bool = False):
+    """(config, where) from path/config.json or from the Hugging Face cache; None if neither."""
+    from transformers import AutoConfig
+
+    directory = Path(path).expanduser()
+    if directory.is_dir():
+        source, where = str(directory), f"{directory}/config.json"
+    else:
+        source, where = path, "Hugging Face cache"
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True,
+                                            trust_remote_code=trust_remote_code)
+    except Exception:  # not cached / not a transformers config: the preset's numbers are used
+        return None
+    return config, where
+
+
+def from_hf_config(config) -> ArchitectureConfig:
+    """The numbers plan mode uses, read from a transformers config (any decoder-only model)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = text.num_attention_heads
+    model_type = ModelType.qwen3 if text.model_type == "qwen3" else ModelType.qwen2
+    return ArchitectureConfig(
+        model_type=model_type,
+        num_layers=text.num_hidden_layers,
+        hidden_size=text.hidden_size,
+        num_heads=heads,
+        num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+        intermediate_size=text.intermediate_size,
+        vocab_size=text.vocab_size,
+        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+    )
+
+
+def tiny_architecture(model: ModelConfig) -> ArchitectureConfig:
+    """The tiny world's Qwen3 (pear_exp/tiny.py builds it with these numbers)."""
+    from pear_exp.models import build_char_tokenizer
+
+    t = model.tiny
+    return ArchitectureConfig(
+        model_type=ModelType.qwen3, num_layers=t.num_layers, hidden_size=t.hidden_size,
+        num_heads=t.num_heads, num_kv_heads=t.num_heads, head_dim=t.head_dim,
+        intermediate_size=t.intermediate_size, vocab_size=len(build_char_tokenizer()),
+        tie_word_embeddings=True,
+    )
+
+
+def hf_config(arch: ArchitectureConfig):
+    """A transformers Qwen2Config / Qwen3Config with these numbers."""
+    from transformers import Qwen2Config, Qwen3Config
+
+    common = dict(
+        vocab_size=arch.vocab_size, hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size, num_hidden_layers=arch.num_layers,
+        num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads,
+        tie_word_embeddings=arch.tie_word_embeddings,
+    )
+    if arch.model_type == ModelType.qwen3:
+        return Qwen3Config(head_dim=arch.head_dim, **common)
+    if arch.head_dim * arch.num_heads != arch.hidden_size:
+        raise ValueError(f"qwen2 needs head_dim * num_heads == hidden_size, got {arch}")
+    return Qwen2Config(**common)
+
+
+def count_parameters(config) -> int:
+    """Exact parameter count of a transformers config: the model built on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())  # shared (tied) tensors counted once
+
+
+def model_plan(label: str, model: ModelConfig) -> ModelPlan:
+    config, arch, arch_from = architecture_of(model)
+    params = None
+    if config is not None:
+        try:
+            params = count_parameters(config)
+        except Exception as err:  # e.g. an architecture this transformers cannot build
+            arch_from += f" (not countable: {type(err).__name__})"
+    context = model.context_length
+    if context is None and model.tiny is not None:
+        context = model.tiny.max_positions
+    source = model.path if model.path is not None else "tiny (built by the framework)"
+    return ModelPlan(label, model.name, source, arch, arch_from, params, model.dtype, context)
+
+
+# ----------------------------------------------------------------------------- memory terms
+def dtype_bytes(dtype: str) -> int:
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPE_BYTES)}")
+    return DTYPE_BYTES[dtype]
+
+
+def training_state_bytes(params: int, param_bytes: int, shards: int = 1) -> dict[str, int]:
+    """Weights, gradients and AdamW's two moments, each in the parameters' dtype, per GPU."""
+    weights = params * param_bytes
+    return {"weights": weights // shards, "grads": weights // shards,
+            "adamw": 2 * weights // shards}
+
+
+def activation_bytes_per_token_layer(arch: ArchitectureConfig, residual_bytes: int,
+                                     compute_bytes: int = 2) -> int:
+    """a: what autograd keeps per token in one decoder layer (module docstring)."""
+    b, e, h = residual_bytes, compute_bytes, arch.hidden_size
+    q = arch.num_heads * arch.head_dim
+    k = arch.num_kv_heads * arch.head_dim
+    projection_inputs = 5 * e * h if b != e else 2 * b * h  # cast copies, or the norm outputs
+    return 4 * b * h + projection_inputs + 2 * e * (q + k) + 4 * e * arch.intermediate_size
+
+
+def activation_bytes(arch: ArchitectureConfig, tokens: int, residual_bytes: int,
+                     checkpointing: bool, params: int = 0, compute_bytes: int = 2) -> int:
+    """Activations of one micro-batch of `tokens`, including the compute-dtype copies of the
+    `params` weights that autocast makes when they are stored in a wider dtype."""
+    per_layer = activation_bytes_per_token_layer(arch, residual_bytes, compute_bytes)
+    copies = params * compute_bytes if residual_bytes != compute_bytes else 0
+    if not checkpointing:
+        return arch.num_layers * tokens * per_layer + copies
+    inputs = arch.num_layers * tokens * arch.hidden_size * residual_bytes
+    return inputs + max(copies, tokens * per_layer)
+
+
+def logprob_bytes(tokens: int, vocab: int, chunk_size: int = 0) -> int:
+    """Peak memory of the log-probs of `tokens` positions: full logits, or one chunk at a time."""
+    rows = min(chunk_size, tokens) if chunk_size > 0 else tokens
+    return rows * vocab * LOGPROB_BYTES
+
+
+def kv_bytes_per_token(arch: ArchitectureConfig, element_bytes: int = 2) -> int:
+    """K and V of every layer for one token."""
+    return 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * element_bytes
+
+
+def vllm_bytes(params: int, engine_bytes: int, tensor_parallel: int, utilization: float,
+               gpu_bytes: int, kv_per_token: int, seq_len: int) -> dict[str, float]:
+    """One vLLM engine per GPU it spans: its reservation, weights, KV cache and how many
+    full-length sequences that KV cache holds at once."""
+    reserved = int(utilization * gpu_bytes)
+    weights = params * engine_bytes // tensor_parallel
+    kv = max(reserved - weights, 0)
+    per_sequence = kv_per_token * seq_len / tensor_parallel
+    return {"reserved": reserved, "weights": weights, "kv_cache": kv,
+            "sequences": kv / per_sequence if per_sequence else 0.0}
+
+
+# ----------------------------------------------------------------------------- the plan
+def prompt_budget(cfg: Config) -> int:
+    """Tokens assumed for a prompt: the room SFT leaves for it, else PROMPT_TOKENS."""
+    room = cfg.sft.max_seq_len - cfg.behavior.max_new_tokens
+    return room if room > 0 else PROMPT_TOKENS
+
+
+@dataclass
+class Row:
+    stage: str
+    term: str
+    per_world: list[int | None]  # bytes per GPU for each world size
+    note: str = ""
+
+
+def world_sizes() -> list[int]:
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    return [size] if size > 1 else [1, 8]
+
+
+def gpu_memory_bytes() -> tuple[int, str]:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return props.total_memory, f"{props.name}, {props.total_memory / GiB:.0f} GiB"
+    except Exception:
+        pass
+    return DEFAULT_GPU_GIB * GiB, f"{DEFAULT_GPU_GIB} GiB GPUs assumed: none visible"
+
+
+def engine_element_bytes(cfg: Config, serving: ModelConfig) -> int:
+    """Bytes per weight in the rollout engine: rollout.dtype, or `auto` = the checkpoint's dtype
+    (a student checkpoint is saved in model.dtype)."""
+    if cfg.rollout.dtype in DTYPE_BYTES:
+        return DTYPE_BYTES[cfg.rollout.dtype]
+    return dtype_bytes(serving.dtype)
+
+
+def sharding(cfg: Config) -> str:
+    distributed = getattr(cfg, "distributed", None)  # multi-process training, when configured
+    strategy = getattr(distributed, "strategy", None)
+    return getattr(strategy, "value", "ddp")
+
+
+def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: int,
+                worlds: list[int]) -> list[Row]:
+    rows: list[Row] = []
+    fsdp = sharding(cfg) == "fsdp"
+    r = cfg.rollout
+
+    def engine_rows(stage: str, plan: ModelPlan, model_cfg: ModelConfig, max_new: int,
+                    sequences: int) -> list[int]:
+        """Rows of the rollout engine serving `plan`; returns its memory per GPU."""
+        if plan.arch is None or plan.params is None:
+            rows.append(Row(stage, "rollout engine", [None] * len(worlds), "architecture unknown"))
+            return [0] * len(worlds)
+        seq = prompt_budget(cfg) + max_new
+        if r.engine == Engine.vllm:
+            v = vllm_bytes(plan.params, engine_element_bytes(cfg, model_cfg),
+                           r.tensor_parallel_size, r.gpu_memory_utilization, gpu_bytes,
+                           kv_bytes_per_token(plan.arch), seq)
+            fits = "" if v["weights"] < v["reserved"] else " DOES NOT FIT: raise tensor_parallel_size"
+            rows.append(Row(stage, f"vLLM {plan.label} weights", [v["weights"]] * len(worlds),
+                            f"tp={r.tensor_parallel_size}{fits}"))
+            rows.append(Row(stage, "vLLM KV cache", [v["kv_cache"]] * len(worlds),
+                            f"holds {v['sequences']:.0f} sequences of {seq} tokens at once"))
+            return [v["reserved"]] * len(worlds)
+        weights = plan.params * dtype_bytes(model_cfg.dtype)
+        batch = min(r.batch_size, max(sequences, 1))
+        kv = kv_bytes_per_token(plan.arch, dtype_bytes(model_cfg.dtype)) * seq * batch
+        rows.append(Row(stage, f"hf {plan.label} weights", [weights] * len(worlds)))
+        rows.append(Row(stage, "hf KV cache", [kv] * len(worlds), f"{batch} sequences x {seq} tokens"))
+        return [weights + kv] * len(worlds)
+
+    def engine_total(stage: str, values: list[int]) -> None:
+        note = (f"the engine's reservation: gpu_memory_utilization={r.gpu_memory_utilization}"
+                if r.engine == Engine.vllm else "")
+        rows.append(Row(stage, "total", values, note))
+
+    def trainer_rows(stage: str, micro: int, seq_len: int, checkpointing: bool, chunk: int,
+                     reference: bool, precision_bf16: bool) -> tuple[list[int], list[int]]:
+        """Rows of one training stage; returns (resident state, peak during an update)."""
+        arch, b = student.arch, dtype_bytes(cfg.model.dtype)
+        resident, totals = [0] * len(worlds), [0] * len(worlds)
+        if arch is None or student.params is None:
+            rows.append(Row(stage, "trainer", [None] * len(worlds), "architecture unknown"))
+            return resident, totals
+        tokens = micro * seq_len
+        terms: list[tuple[str, list[int], str]] = []
+        states = [training_state_bytes(student.params, b, w if fsdp else 1) for w in worlds]
+        shard_note = "sharded (fsdp)" if fsdp else "replicated (ddp)"
+        terms.append(("weights", [s["weights"] for s in states], f"{cfg.model.dtype}, {shard_note}"))
+        terms.append(("grads", [s["grads"] for s in states], ""))
+        terms.append(("AdamW states", [s["adamw"] for s in states], ""))
+        e = 2 if precision_bf16 or b == 2 else 4  # bytes of the compute dtype
+        act = activation_bytes(arch, tokens, b, checkpointing, student.params, e)
+        other = activation_bytes(arch, tokens, b, not checkpointing, student.params, e)
+        terms.append(("activations", [act] * len(worlds),
+                      f"{micro} x {seq_len} tokens, checkpointing "
+                      f"{'on' if checkpointing else 'off'} ({other / GiB:.1f} GiB if "
+                      f"{'off' if checkpointing else 'on'})"))
+        lp = logprob_bytes(tokens, arch.vocab_size, chunk)
+        terms.append(("log-probs", [lp] * len(worlds),
+                      f"chunks of {chunk}" if chunk else "full logits"))
+        if reference:
+            terms.append(("reference model", [student.params * b // (w if fsdp else 1)
+                                              for w in worlds], "rl.kl_coef > 0"))
+        for term, values, note in terms:
+            rows.append(Row(stage, term, values, note))
+            totals = [t + v for t, v in zip(totals, values)]
+            if term not in ("activations", "log-probs"):  # freed between updates
+                resident = [t + v for t, v in zip(resident, values)]
+        return resident, totals
+
+    stages = set(cfg.stages)
+    if Stage.behavior in stages:
+        b = cfg.behavior
+        if b.source == BehaviorSource.teacher:
+            engine_total("behavior", engine_rows("behavior", teacher, cfg.teacher,
+                                                 b.max_new_tokens,
+                                                 cfg.task.num_train * b.samples_per_prompt))
+        elif teacher.params is not None and teacher.arch is not None:
+            weights = teacher.params * dtype_bytes(cfg.teacher.dtype)
+            lp = logprob_bytes(r.batch_size * cfg.sft.max_seq_len, teacher.arch.vocab_size)
+            rows.append(Row("behavior", "teacher weights", [weights] * len(worlds)))
+            rows.append(Row("behavior", "teacher logits", [lp] * len(worlds),
+                            f"scoring {r.batch_size} sequences at a time"))
+            rows.append(Row("behavior", "total", [weights + lp] * len(worlds)))
+    if Stage.sft in stages:
+        s = cfg.sft
+        _, totals = trainer_rows("sft", s.micro_batch_size, s.max_seq_len,
+                                 s.gradient_checkpointing, s.logprob_chunk_size, reference=False,
+                                 precision_bf16=s.precision == Precision.bf16)
+        rows.append(Row("sft", "total", totals))
+    if Stage.rl in stages:
+        rl = cfg.rl
+        # Settings the RL stage may not have (it has no gradient checkpointing so far).
+        chunk = getattr(rl, "logprob_chunk_size", 0)
+        checkpointing = getattr(rl, "gradient_checkpointing", False)
+        resident, update = trainer_rows("rl", rl.micro_batch_size,
+                                        prompt_budget(cfg) + rl.max_new_tokens, checkpointing,
+                                        chunk, reference=rl.kl_coef > 0,
+                                        precision_bf16=rl.precision == Precision.bf16)
+        engine = engine_rows("rl", student, cfg.model, rl.max_new_tokens,
+                             rl.prompts_per_step * rl.group_size)
+        if r.engine == Engine.vllm and r.enable_sleep_mode:
+            # the engine sleeps (weights to host memory, KV cache freed) while the trainer steps
+            totals = [max(u, s + e) for u, s, e in zip(update, resident, engine)]
+            note = "max(update, trainer state + engine): sleep mode, on rank 0's GPU"
+        else:
+            totals = [u + e for u, e in zip(update, engine)]
+            note = "trainer update + engine, both on rank 0's GPU"
+        rows.append(Row("rl", "total", totals, note))
+    if Stage.evaluate in stages:
+        e = cfg.evaluate
+        sequences = (eval_set_size(cfg) or 1) * e.num_samples
+        engine_total("evaluate", engine_rows("evaluate", student, cfg.model, e.max_new_tokens,
+                                             sequences))
+    return rows
+
+
+def eval_set_size(cfg: Config) -> int | None:
+    t = cfg.task
+    if t.kind != TaskKind.math:
+        return t.num_eval
+    from pear_exp.tasks.math import SHIPPED_SETS, load_problems
+
+    if t.eval_set in SHIPPED_SETS or Path(t.eval_set).expanduser().is_file():
+        size = len(load_problems(t.eval_set))
+        return min(size, t.num_eval) if t.num_eval > 0 else size
+    return t.num_eval or None  # a hub id: not loaded in plan mode
+
+
+def data_rows(cfg: Config) -> list[tuple[str, str, str]]:
+    """(stage, count, token budget) lines."""
+    t, b, s, rl, e = cfg.task, cfg.behavior, cfg.sft, cfg.rl, cfg.evaluate
+    stages = set(cfg.stages)
+    math_task = t.kind == TaskKind.math
+    if math_task and t.train_set is None:
+        prompts, n_prompts = "0 (task.train_set is null)", 0
+    elif math_task and t.num_train == 0:
+        prompts, n_prompts = f"all of {t.train_set}", None
+    else:
+        prompts, n_prompts = f"{t.num_train:,}", t.num_train
+    out = [("task", f"{t.name} ({t.kind.value})", "")]
+    if math_task:
+        out.append(("training prompts", prompts, f"from {t.train_set}"))
+    else:
+        out.append(("training prompts", prompts, ""))
+    if Stage.behavior in stages:
+        if b.source == BehaviorSource.teacher:
+            samples = n_prompts * b.samples_per_prompt if n_prompts is not None else None
+            out.append(("behavior samples", _count(samples, f"prompts x {b.samples_per_prompt}"),
+                        _tokens(samples, b.max_new_tokens, "generated")))
+        else:
+            out.append(("behavior samples", f"every row of {b.dataset}", "teacher-forced"))
+    if Stage.sft in stages:
+        seqs = s.steps * s.batch_size
+        out.append(("sft sequences", f"{s.steps:,} steps x {s.batch_size} = {seqs:,}",
+                    _tokens(seqs, s.max_seq_len, "trained")))
+    if Stage.rl in stages:
+        rollouts = rl.steps * rl.prompts_per_step * rl.group_size
+        out.append(("rl rollouts", f"{rl.steps:,} steps x {rl.prompts_per_step} prompts x "
+                    f"{rl.group_size} = {rollouts:,}",
+                    _tokens(rollouts, rl.max_new_tokens, "generated")))
+        if rl.eval_every > 0:
+            evals = rl.steps // rl.eval_every
+            out.append(("rl held-out evals", f"{evals} x {rl.eval_problems} problems", ""))
+    if Stage.evaluate in stages:
+        problems = eval_set_size(cfg)
+        checkpoints = 1 + (Stage.sft in stages) + (Stage.rl in stages)
+        per = problems * e.num_samples if problems is not None else None
+        count = (f"{problems} problems x {e.num_samples} samples x {checkpoints} checkpoints"
+                 if problems is not None else f"? problems x {e.num_samples} samples")
+        total = per * checkpoints if per is not None else None
+        extra = f" (+{problems * checkpoints} greedy)" if e.greedy and problems else ""
+        out.append(("evaluation", count + extra, _tokens(total, e.max_new_tokens, "generated")))
+    return out
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+def _count(value: int | None, how: str) -> str:
+    return f"{value:,} ({how})" if value is not None else f"? ({how})"
+
+
+def _tokens(sequences: int | None, per_sequence: int, what: str) -> str:
+    if sequences is None:
+        return f"<= {per_sequence:,} tokens each, {what}"
+    return f"<= {sequences * per_sequence / 1e6:,.1f}M tokens {what} (<= {per_sequence:,} each)"
+
+
+def checks(cfg: Config, student: ModelPlan, teacher: ModelPlan) -> list[str]:
+    """Settings that will fail or surprise at run time, found without running anything."""
+    out = []
+    stages = set(cfg.stages)
+    lengths = [("behavior", teacher, cfg.behavior.max_new_tokens, Stage.behavior),
+               ("rl", student, cfg.rl.max_new_tokens, Stage.rl),
+               ("evaluate", student, cfg.evaluate.max_new_tokens, Stage.evaluate)]
+    for name, plan, max_new, stage in lengths:
+        if stage not in stages:
+            continue
+        need = prompt_budget(cfg) + max_new
+        if plan.context is not None and need > plan.context:
+            out.append(f"{name}: about {prompt_budget(cfg)} prompt + {max_new} new tokens exceeds "
+                       f"{plan.name}'s context of {plan.context}")
+        if cfg.rollout.engine == Engine.vllm and need > cfg.rollout.max_model_len:
+            out.append(f"{name}: about {need} tokens exceeds rollout.max_model_len="
+                       f"{cfg.rollout.max_model_len}")
+    if Stage.behavior in stages and Stage.sft in stages:
+        if cfg.behavior.max_new_tokens >= cfg.sft.max_seq_len:
+            out.append(f"sft.max_seq_len={cfg.sft.max_seq_len} leaves no room for the prompt "
+                       f"beside behavior.max_new_tokens={cfg.behavior.max_new_tokens}: long "
+                       "behavior samples would be refused by validation")
+    if cfg.weighting.target_temperature != cfg.rl.temperature:
+        out.append(f"weighting.target_temperature={cfg.weighting.target_temperature} differs "
+                   f"from rl.temperature={cfg.rl.temperature} (PEAR.md: the target policy is the "
+                   "model at the RL sampling temperature)")
+    if (cfg.task.kind == TaskKind.math and cfg.task.train_set is None
+            and stages & {Stage.behavior, Stage.sft, Stage.rl}):
+        out.append("task.train_set is null: behavior, SFT and RL have no training prompts")
+    if cfg.rollout.engine == Engine.vllm and cfg.rollout.dtype == "auto" and \
+            dtype_bytes(cfg.model.dtype) == 4 and stages & {Stage.rl, Stage.evaluate}:
+        out.append("rollout.dtype=auto serves float32 student checkpoints in float32: set "
+                   "rollout.dtype=bfloat16")
+    return out
+
+
+# ----------------------------------------------------------------------------- printing
+def print_plan(cfg: Config, choices: dict[str, Any] | None = None, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if console is None:  # wide enough for the tables when the output is not a terminal
+        console = Console(width=None if sys.stdout.isatty() else 160)
+    choices = {k: v for k, v in (choices or {}).items()  # Hydra's runtime.choices: the groups
+               if not k.startswith("hydra") and v is not None and k != "base_config"}
+    student = model_plan("student", cfg.model)
+    teacher = model_plan("teacher", cfg.teacher)
+    gpu_bytes, gpu_name = gpu_memory_bytes()
+    worlds = world_sizes()
+
+    title = f"plan: {cfg.experiment or 'no experiment preset'}"
+    console.print(f"[bold]{title}[/bold] (nothing is loaded, downloaded or written)")
+    console.print("stages: " + " -> ".join(s.value for s in cfg.stages))
+    if choices:
+        console.print("choices: " + ", ".join(f"{k}={v}" for k, v in sorted(choices.items())))
+    console.print(f"training: precision sft={cfg.sft.precision.value} rl="
+                  f"{cfg.rl.precision.value}; with several processes (torchrun) {sharding(cfg)}; "
+                  f"rollout engine {cfg.rollout.engine.value}")
+
+    models = Table(title="models")
+    for column in ("role", "preset", "hub id / path", "parameters", "dtype", "context",
+                   "architecture from"):
+        models.add_column(column)
+    for plan in (student, teacher):
+        params = f"{plan.params:,} ({_short(plan.params)})" if plan.params else "?"
+        models.add_row(plan.label, plan.name, plan.source, params, plan.dtype,
+                       f"{plan.context:,}" if plan.context else "?", plan.arch_from)
+    console.print(models)
+
+    data = Table(title="data")
+    for column in ("what", "count", "token budget"):
+        data.add_column(column)
+    for row in data_rows(cfg):
+        data.add_row(*row)
+    console.print(data)
+
+    memory = Table(title=f"memory per GPU, GiB (estimate; {gpu_name})")
+    memory.add_column("stage")
+    memory.add_column("term")
+    for w in worlds:
+        memory.add_column(f"{w} GPU{'s' if w > 1 else ''}", justify="right")
+    memory.add_column("note")
+    for row in memory_rows(cfg, student, teacher, gpu_bytes, worlds):
+        cells = []
+        for value in row.per_world:
+            if value is None:
+                cells.append("?")
+            elif row.term == "total" and value > gpu_bytes:
+                cells.append(f"[red]{value / GiB:.1f}[/red]")
+            else:
+                cells.append(f"{value / GiB:.1f}")
+        style = "bold" if row.term == "total" else None
+        memory.add_row(row.stage, row.term, *cells, row.note, style=style)
+    console.print(memory)
+
+    found = checks(cfg, student, teacher)
+    for line in found:
+        console.print(f"[yellow]check:[/yellow] {line}")
+    if not found:
+        console.print("checks: nothing found")
