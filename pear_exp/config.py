@@ -100,8 +100,8 @@ class TinyModelConfig:
     lr: float = 2e-3
     seed: int = 1234
     # Designed teacher/student mismatch (experiments/tiny_mismatch); the defaults change nothing.
-    # pretrain=domain: this fraction of the examples are game solutions (steps style) instead, so
-    # the student base already solves some instances in its own style.
+    # pretrain=domain: this fraction of the examples are game solutions instead (styled as
+    # below), so the student base already solves some instances in its own style.
     solutions_frac: float = 0.0
     # Game solutions in the pretraining data are written in `alt_style` with this probability
     # (Countdown only), otherwise in the steps style.

@@ -7,6 +7,11 @@ A tiny model is a small Qwen3-architecture causal LM with the character tokenize
 - `domain`: text of the task's domain that is not the task (Countdown: arithmetic exercises in the
   same step format). This makes a student base that has learned something, so pi_theta differs
   from pi_b from the start the way a real base model differs from a real teacher.
+Two knobs build a deliberate mismatch (experiments/tiny_mismatch), both off by default:
+`solutions_frac` mixes that fraction of game solutions into a `domain` corpus, so the student base
+already solves some instances its own way; `alt_style` / `alt_style_frac` write that fraction of
+the game solutions (a teacher's or a student's) in another style (Countdown's `restyle`: terse,
+reverse), so teacher and student can solve the game in different styles.
 The result is saved with save_pretrained under <cache_dir>/tiny/<name>-<hash of everything that
 determines it>, written to a temporary directory and renamed, and then loaded like any checkpoint.
 """
@@ -26,17 +31,26 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from pear_exp.config import (
-    ModelConfig, PretrainData, SFTConfig, TaskConfig, WeightingConfig, WeightLevel,
+    ModelConfig, PretrainData, SFTConfig, SolutionStyle, TaskConfig, TaskKind, WeightingConfig,
+    WeightLevel,
 )
 from pear_exp.models import build_char_tokenizer, prompt_ids, response_ids, save_dir
 from pear_exp.tasks import make_task
+from pear_exp.tasks.countdown import restyle
 
 BUILD_VERSION = 1  # bump when the build recipe changes, so stale caches are not reused
 
 
+# TinyModelConfig fields added after models were first cached, with the default that reproduces
+# the earlier recipe: left out of the cache key at that default, so existing caches stay valid.
+_LATER_FIELDS = {"solutions_frac": 0.0, "alt_style": SolutionStyle.steps, "alt_style_frac": 0.0}
+
+
 def _key(cfg: ModelConfig, task: TaskConfig) -> str:
+    tiny = {k: v for k, v in asdict(cfg.tiny).items()
+            if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
     blob = json.dumps(
-        {"tiny": asdict(cfg.tiny), "task": asdict(task), "version": BUILD_VERSION},
+        {"tiny": tiny, "task": asdict(task), "version": BUILD_VERSION},
         sort_keys=True, default=lambda v: getattr(v, "value", str(v)),
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -50,18 +64,36 @@ def tiny_model_dir(cfg: ModelConfig, task: TaskConfig, cache_dir: str) -> Path:
     return path
 
 
+def solution_pairs(cfg: ModelConfig, task_cfg: TaskConfig, task, n: int,
+                   rng: random.Random) -> list[tuple[str, str]]:
+    """`n` (prompt, random valid solution) pairs, never on evaluation instances; a fraction
+    `alt_style_frac` of the solutions rewritten in `alt_style`."""
+    tiny = cfg.tiny
+    restyled = tiny.alt_style != SolutionStyle.steps and tiny.alt_style_frac > 0
+    if restyled and task_cfg.kind != TaskKind.countdown:
+        raise ValueError(f"model {cfg.name!r}: tiny.alt_style needs task.kind=countdown")
+    _, eval_problems = task.split(task_cfg.num_train, task_cfg.num_eval, task_cfg.data_seed)
+    problems = task.sample_problems(n, seed=tiny.seed, exclude={p.id for p in eval_problems})
+    pairs = []
+    for p in problems:
+        response = rng.choice(task.solutions(p))
+        if restyled and rng.random() < tiny.alt_style_frac:  # no draw at all when off
+            response = restyle(response, tiny.alt_style.value)
+        pairs.append((p.prompt, response))
+    return pairs
+
+
 def pretraining_rows(cfg: ModelConfig, task_cfg: TaskConfig, tokenizer) -> list[dict]:
     tiny = cfg.tiny
     task = make_task(task_cfg)
     rng = random.Random(tiny.seed)
     if tiny.pretrain == PretrainData.solutions:
-        _, eval_problems = task.split(task_cfg.num_train, task_cfg.num_eval, task_cfg.data_seed)
-        problems = task.sample_problems(
-            tiny.pretrain_examples, seed=tiny.seed, exclude={p.id for p in eval_problems}
-        )
-        pairs = [(p.prompt, rng.choice(task.solutions(p))) for p in problems]
+        pairs = solution_pairs(cfg, task_cfg, task, tiny.pretrain_examples, rng)
     else:
-        pairs = task.domain_corpus(tiny.pretrain_examples, seed=tiny.seed)
+        n_game = round(tiny.solutions_frac * tiny.pretrain_examples)
+        pairs = task.domain_corpus(tiny.pretrain_examples - n_game, seed=tiny.seed)
+        if n_game:
+            pairs += solution_pairs(cfg, task_cfg, task, n_game, rng)
     rows = []
     for user, response in pairs:
         prompt = prompt_ids(tokenizer, user, task_cfg.system_prompt)

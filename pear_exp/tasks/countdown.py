@@ -25,6 +25,12 @@ Solutions (what SFT teaches, what importance weights count)
     result is > 0, division only when exact). Distinct response strings are the solutions; an
     instance has many (orders and shapes differ), which keeps answers diverse for RL.
 
+Response styles (``restyle``; for pretraining the tiny models, never for grading)
+    ``steps`` is the format above. ``terse`` keeps only the answer line (``"answer: (12-7)*3"``):
+    no worked steps. ``reverse`` writes the steps outermost first, the goal before its parts
+    (``"5*3=15\\n12-7=5\\nanswer: (12-7)*3"``). All three carry the same graded answer line, so a
+    teacher and a student can solve the same instance in different styles and both be right.
+
 Targets
     The target is the value of a uniformly random valid solution (a random distinct response
     string) whose value is an integer in [1, max_target], so every target is reachable.
@@ -61,7 +67,7 @@ from functools import lru_cache
 
 from pear_exp.tasks.base import Problem
 
-__all__ = ["Countdown", "Problem", "enumerate_expressions"]
+__all__ = ["Countdown", "Problem", "STYLES", "enumerate_expressions", "restyle"]
 
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2}
 _ATOM = 3
@@ -164,6 +170,25 @@ def _by_target(numbers: tuple[int, ...]) -> dict[int, tuple[str, ...]]:
 def _target_pool(numbers: tuple[int, ...], max_target: int) -> tuple[int, ...]:
     """Values of all valid responses (with multiplicity) that are allowed targets."""
     return tuple(v for v, _e, _r in enumerate_expressions(numbers) if 1 <= v <= max_target)
+
+
+STYLES = ("steps", "terse", "reverse")
+
+
+def restyle(response: str, style: str) -> str:
+    """A ``steps``-format response written in ``style`` (see the module docstring).
+
+    The answer line, the only part that is graded, is unchanged.
+    """
+    if style not in STYLES:
+        raise ValueError(f"unknown Countdown response style {style!r}; valid: {', '.join(STYLES)}")
+    i = response.rfind("answer:")
+    steps, answer = response[:i].splitlines(), response[i:]
+    if style == "terse":
+        return answer
+    if style == "reverse":
+        steps.reverse()
+    return "\n".join(steps + [answer])
 
 
 def _eval_node(node: ast.AST, consts: list[int]) -> Fraction | None:
