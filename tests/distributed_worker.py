@@ -1,8 +1,11 @@
 """One training job for tests/test_distributed.py, run as a plain process or under torchrun:
 PEAR-weighted SFT of a tiny model, then GRPO from the result. Rank 0 writes the trained weights
-and the logged metrics to the file named on the command line."""
+and the logged metrics to the file named on the command line.
+
+    python -m tests.distributed_worker OUT.pt ddp|fsdp [hf|vllm]"""
 
 import sys
+from pathlib import Path
 
 import torch
 
@@ -21,7 +24,7 @@ from tests.test_grpo import ShortAnswerTask
 from tests.test_sft import rows_for
 
 
-def main(out: str, strategy: str) -> None:
+def main(out: str, strategy: str, engine_name: str = "hf") -> None:
     world = distributed.init(DistributedConfig(strategy=ParallelStrategy(strategy)))
     tokenizer = build_char_tokenizer()
     # SFT: 16 rows a step, 2 micro-batches of 4 per rank with 2 ranks (4 of 4 with 1), block
@@ -49,6 +52,12 @@ def main(out: str, strategy: str) -> None:
     if world.is_main:
         engine_model = fresh() if world.distributed and strategy == "fsdp" else policy
         engine = HFEngine(engine_model, tokenizer, 64)
+        if engine_name == "vllm":
+            from pear_exp.models import save_dir
+            from pear_exp.rollout.vllm import VLLMEngine
+
+            save_dir(Path(out).with_suffix(".sft"), fresh(), tokenizer)
+            engine = VLLMEngine(str(Path(out).with_suffix(".sft")), tokenizer)
     rl_cfg = RLConfig(steps=3, prompts_per_step=4, group_size=4, max_new_tokens=6, lr=5e-3,
                       warmup_steps=1, epochs=2, kl_coef=0.1, micro_batch_size=3,
                       loss_aggregation=LossAggregation.seq_mean_token_mean,
@@ -66,4 +75,4 @@ def main(out: str, strategy: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -80,3 +80,19 @@ def test_pipeline_under_torchrun_matches_a_single_process(tmp_path):
     assert [r["step"] for r in records if r["stage"] == "sft"] == [2, 4, 6]
     summary_one = json.loads((tmp_path / "one" / "summary.json").read_text())
     assert json.loads((tmp_path / "two" / "summary.json").read_text()).keys() == summary_one.keys()
+
+
+@pytest.mark.vllm
+def test_vllm_engine_inside_a_torchrun_job(single, tmp_path):
+    """Rank 0's vLLM engine runs out of process (it must not join the trainers' process group)
+    and receives the weights after every update: the parity probe passes after updates that
+    moved the weights (vLLM samples other rollouts than hf, so RL is not compared with hf)."""
+    pytest.importorskip("vllm")
+    path = tmp_path / "result.pt"
+    run(TORCHRUN + ["-m", "tests.distributed_worker", str(path), "ddp", "vllm"])
+    result = torch.load(path, weights_only=False)
+    assert len(result["rl_logs"]) == 3
+    assert all(m["sync_logprob_diff"] < 1e-4 for m in result["rl_logs"])
+    assert max((result["rl"][k] - result["sft"][k]).abs().max().item() for k in result["rl"]) > 1e-2
+    for name in single["sft"]:
+        torch.testing.assert_close(result["sft"][name], single["sft"][name], atol=1e-4, rtol=0)

@@ -23,6 +23,12 @@ the reload we re-run `dispatch_cpu_unquantized_gemm` on every unquantized VocabP
 (input embedding and LM head) from its updated weight. And after every sync the prefix cache is
 reset: its KV blocks were computed with the old weights.
 
+Inside a multi-process training job (torchrun; pear_exp/distributed.py) rank 0's engine core
+runs in a process of its own, started without the torchrun variables, since an in-process
+engine would join the trainers' process group and wait for ranks that never come; weights then
+reach it through a safetensors file in /dev/shm (a full copy per sync: fine for small models, a
+cost for large ones, where CUDA IPC would be the next step).
+
 Other CPU specifics: dtype defaults to float32 (log-probs agree with a float32 trainer to about
 1e-6, against about 3e-3 in bfloat16); the KV cache gets a fixed size (`kv_cache_memory_bytes`,
 1 GiB) rather than a share of the machine's memory; chunked prefill is off, because a prefill
@@ -35,12 +41,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 
 import torch
+from safetensors.torch import save_file
 
 from pear_exp.rollout import Completion
 
 logger = logging.getLogger(__name__)
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                      "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                      "TORCHELASTIC_RUN_ID")
 
 
 def _stream_seed(seed: int, index: int) -> int:
@@ -82,6 +94,12 @@ def _reload_weights_on_worker(worker, weights: list[tuple[str, torch.Tensor]]) -
                 dispatch_cpu_unquantized_gemm(module, remove_weight=False)
 
 
+def _reload_weights_from_file(worker, path: str) -> None:
+    from safetensors.torch import load_file
+
+    _reload_weights_on_worker(worker, list(load_file(path).items()))
+
+
 class VLLMEngine:
     """vLLM `LLM` over a checkpoint directory (or hub id); `sync_weights` pushes a trainer's
     transformers model into it after each optimizer step."""
@@ -101,7 +119,14 @@ class VLLMEngine:
         seed: int = 0,
         enforce_eager: bool | None = None,  # None: on CPU only (CUDA graphs on the GPU)
     ):
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # in-process engine (module docstring)
+        # In-process engine (module docstring), except inside a multi-process training job:
+        # vLLM would join the trainers' process group, so its engine core runs in a process of
+        # its own there, started without the torchrun variables (RANK, WORLD_SIZE, ...).
+        in_training_group = torch.distributed.is_initialized()
+        self.out_of_process = in_training_group
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if in_training_group else "0"
+        if in_training_group:  # sync_weights sends our own function to our own child process
+            os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines drown our output
         from vllm import LLM
         from vllm.platforms import current_platform
@@ -123,6 +148,8 @@ class VLLMEngine:
         # The CPU worker replaces torch.set_num_threads with a no-op for the whole process, which
         # in-process would silently pin the trainer's thread count too: put the original back.
         set_num_threads = torch.set_num_threads
+        hidden = {k: os.environ.pop(k) for k in TORCHRUN_VARIABLES if in_training_group
+                  and k in os.environ}
         try:
             self.llm = LLM(
                 model=model_path,
@@ -139,6 +166,7 @@ class VLLMEngine:
             )
         finally:
             torch.set_num_threads = set_num_threads
+            os.environ.update(hidden)
 
     def _wake(self, tags: list[str] | None = None) -> None:
         wake = [t for t in (tags or ["weights", "kv_cache"]) if t in self._asleep]
@@ -155,6 +183,19 @@ class VLLMEngine:
         """Copy `model`'s (transformers) weights into the engine; see the module docstring."""
         # state_dict, not named_parameters: it also lists tied weights (lm_head.weight) by name.
         weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+        if self.out_of_process:  # the engine core's own process: hand the weights over a file
+            self._wake(["weights"])
+            with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm")
+                                             else None) as tmp:
+                path = os.path.join(tmp, "weights.safetensors")
+                stored = {}  # tied tensors (lm_head = embeddings) are stored once
+                for name, t in weights:
+                    if all(t.data_ptr() != s.data_ptr() for s in stored.values()):
+                        stored[name] = t.contiguous().cpu()
+                save_file(stored, path)
+                self.llm.collective_rpc(_reload_weights_from_file, args=(path,))
+            self.llm.reset_prefix_cache()
+            return
         if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
             weights = [(name, t.cpu()) for name, t in weights]  # pickled to worker processes
         self._wake(["weights"])  # asleep: bring the weights back, leave the KV cache freed
