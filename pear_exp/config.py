@@ -272,6 +272,7 @@ class RLConfig:
     checkpoint_every: int = 20
     precision: Precision = Precision.fp32
     logprob_chunk_size: int = 0  # as sft.logprob_chunk_size: > 0 for large vocabularies
+    gradient_checkpointing: bool = False  # recompute activations in the update (long responses)
 
 
 @dataclass

@@ -388,12 +388,10 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
         rows.append(Row("sft", "total", totals))
     if Stage.rl in stages:
         rl = cfg.rl
-        # Settings the RL stage may not have (it has no gradient checkpointing so far).
-        chunk = getattr(rl, "logprob_chunk_size", 0)
-        checkpointing = getattr(rl, "gradient_checkpointing", False)
         resident, update = trainer_rows("rl", rl.micro_batch_size,
-                                        prompt_budget(cfg) + rl.max_new_tokens, checkpointing,
-                                        chunk, reference=rl.kl_coef > 0,
+                                        prompt_budget(cfg) + rl.max_new_tokens,
+                                        rl.gradient_checkpointing, rl.logprob_chunk_size,
+                                        reference=rl.kl_coef > 0,
                                         precision_bf16=rl.precision == Precision.bf16)
         engine = engine_rows("rl", student, cfg.model, rl.max_new_tokens,
                              rl.prompts_per_step * rl.group_size)

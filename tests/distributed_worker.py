@@ -40,8 +40,8 @@ def main(out: str, strategy: str, engine_name: str = "hf") -> None:
     sft_state = world.broadcast(world.full_state(model)[0])  # gathered on rank 0
 
     # GRPO from the SFT weights: rank 0 samples with the hf engine (from an unsharded copy under
-    # FSDP); 2 epochs per batch (old log-probs), KL to the SFT policy, 5 micro-batches of at
-    # most 3 rows over 2 ranks (one rank runs an extra, empty one).
+    # FSDP); 2 epochs per batch (old log-probs), KL to the SFT policy, gradient checkpointing,
+    # 5 micro-batches of at most 3 rows over 2 ranks (one rank runs an extra, empty one).
     def fresh():
         m = make_tiny_model(tokenizer, seed=3, layers=2)
         m.load_state_dict(sft_state)
@@ -60,6 +60,7 @@ def main(out: str, strategy: str, engine_name: str = "hf") -> None:
             engine = VLLMEngine(str(Path(out).with_suffix(".sft")), tokenizer)
     rl_cfg = RLConfig(steps=3, prompts_per_step=4, group_size=4, max_new_tokens=6, lr=5e-3,
                       warmup_steps=1, epochs=2, kl_coef=0.1, micro_batch_size=3,
+                      gradient_checkpointing=True,
                       loss_aggregation=LossAggregation.seq_mean_token_mean,
                       skip_uniform_groups=False, eval_every=0)
     rl_logs = []

@@ -60,9 +60,10 @@ def test_two_processes_train_like_one(single, strategy, tmp_path):
     assert_same_training(single, torch.load(path, weights_only=False))
 
 
-def test_pipeline_under_torchrun_matches_a_single_process(tmp_path):
-    """`torchrun -m pear_exp`: rank 0 samples, evaluates and writes; both ranks train; the SFT
-    checkpoint equals the single-process one and the run directory holds one run's records."""
+def test_pipeline_with_two_ranks_matches_a_single_process(tmp_path):
+    """`torchrun -m pear_exp` (FSDP) and a 2-task submitit job (DDP): rank 0 samples, evaluates
+    and writes, both ranks train; the checkpoints equal the single-process ones and the run
+    directory holds one run's records."""
     cache = tmp_path / "cache"
     common = ["+experiment=smoke", "logger=none"]
     run([sys.executable, "-m", "pear_exp", *common, f"run_dir={tmp_path / 'one'}"],
@@ -70,12 +71,21 @@ def test_pipeline_under_torchrun_matches_a_single_process(tmp_path):
     two = run(TORCHRUN + ["-m", "pear_exp", *common, f"run_dir={tmp_path / 'two'}",
                           "distributed.strategy=fsdp"], cwd=tmp_path, PEAR_EXP_CACHE=str(cache))
     assert two.stdout.count("held-out accuracy") == 1  # the summary table, from rank 0 only
-    for stage in ("sft", "rl"):
-        a = load_file(tmp_path / "one" / stage / "model" / "model.safetensors")
-        b = load_file(tmp_path / "two" / stage / "model" / "model.safetensors")
-        assert a.keys() == b.keys()  # tied weights saved once, as save_pretrained does
-        for name in a:
-            torch.testing.assert_close(b[name], a[name], atol=1e-4, rtol=0)
+    # the same through a SLURM-style launcher: submitit's local executor with 2 tasks per job,
+    # which become 2 ranks through submitit's environment (no torchrun)
+    run([sys.executable, "-m", "pear_exp", "--multirun", "hydra/launcher=local",
+         "hydra.launcher.tasks_per_node=2", f"hydra.sweep.dir={tmp_path / 'sweep'}", *common,
+         "distributed.strategy=ddp"], cwd=tmp_path, PEAR_EXP_CACHE=str(cache))
+    logs = sorted((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))
+    assert [log.read_text().count("held-out accuracy") for log in logs] == [1, 0]
+    (swept,) = [p for p in (tmp_path / "sweep").iterdir() if p.name.startswith("0_")]
+    for run_dir in (tmp_path / "two", swept):
+        for stage in ("sft", "rl"):
+            a = load_file(tmp_path / "one" / stage / "model" / "model.safetensors")
+            b = load_file(run_dir / stage / "model" / "model.safetensors")
+            assert a.keys() == b.keys()  # tied weights saved once, as save_pretrained does
+            for name in a:
+                torch.testing.assert_close(b[name], a[name], atol=1e-4, rtol=0)
     records = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["stage"] == "sft"] == [2, 4, 6]
     summary_one = json.loads((tmp_path / "one" / "summary.json").read_text())

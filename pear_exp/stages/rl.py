@@ -166,6 +166,8 @@ def train_grpo(
     if sharded and world.is_main and engine_model is None:
         raise ValueError("under FSDP, rank 0 needs an unsharded engine_model for the engine")
     engine_model = engine_model if sharded else model
+    if cfg.gradient_checkpointing:  # active in training mode only: generation is unaffected
+        model.gradient_checkpointing_enable()
     policy = world.wrap(TokenLogProbs(model, cfg.logprob_chunk_size), decoder_layers(model))
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas),
@@ -236,6 +238,8 @@ def train_grpo(
                 log_samples(batch.samples, step)
         if checkpoint_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             checkpoint.save(checkpoint_dir, step, policy, optimizer, schedule, world)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_disable()
     model.eval()
     return metrics
 
