@@ -393,6 +393,12 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
                                         rl.gradient_checkpointing, rl.logprob_chunk_size,
                                         reference=rl.kl_coef > 0,
                                         precision_bf16=rl.precision == Precision.bf16)
+        if fsdp and student.params is not None:
+            # rank 0 keeps an unsharded copy of the policy that feeds the engine and the probe
+            copy = [student.params * dtype_bytes(cfg.model.dtype) if w > 1 else 0 for w in worlds]
+            rows.append(Row("rl", "policy copy for the engine", copy, "rank 0 only, under fsdp"))
+            resident = [t + c for t, c in zip(resident, copy)]
+            update = [t + c for t, c in zip(update, copy)]
         engine = engine_rows("rl", student, cfg.model, rl.max_new_tokens,
                              rl.prompts_per_step * rl.group_size)
         if r.engine == Engine.vllm and r.enable_sleep_mode:
