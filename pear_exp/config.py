@@ -220,6 +220,9 @@ class BehaviorConfig:
     top_p: float = 1.0
     max_new_tokens: int = 48
     keep_only_correct: bool = True
+    # Sweep points that differ only in weighting or training settings sample the same data:
+    # keep it once under <cache_dir>/behavior and copy it into each run (pipeline.py).
+    reuse: bool = True
 
 
 @dataclass

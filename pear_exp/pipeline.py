@@ -1,6 +1,7 @@
 """The pipeline: stages in order, each reading the previous stage's artifact from the run directory.
 
-    <run_dir>/behavior/data, meta.json, DONE      offline data with behavior log-probs
+    <run_dir>/behavior/data, meta.json, DONE      offline data with behavior log-probs (a copy
+                                                  of <cache_dir>/behavior/<key> when reused)
     <run_dir>/sft/model/, checkpoints/, DONE      the SFT checkpoint (save_pretrained)
     <run_dir>/rl/model/, checkpoints/, DONE       GRPO from the SFT checkpoint
     <run_dir>/evaluate/<checkpoint>/results.json, problems.jsonl; evaluate/DONE
@@ -13,8 +14,11 @@ same run directory continues where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -61,6 +65,36 @@ def make_engine(cfg: Config, path: str, tokenizer, model=None) -> RolloutEngine:
 
 def student_path(cfg: Config) -> str:
     return models.resolve_path(cfg.model, cfg.task, cfg.cache_dir)
+
+
+def behavior_key(cfg: Config) -> str:
+    """A hash of what determines the behavior data: teacher, student (its tokenizer and chat
+    template build the ids), task, behavior settings, rollout settings and seed."""
+    parts = [cfg.teacher, cfg.model, cfg.task, cfg.behavior, cfg.rollout, cfg.seed]
+    text = json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p
+                       for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def run_behavior_shared(cfg: Config, out: Path, train_problems, task) -> None:
+    """run_behavior, or a copy of the same data sampled earlier by another run (behavior.reuse):
+    a weighting sweep samples its teacher once per seed, not once per weighting. The shared copy
+    is written whole and renamed into place, so a killed or concurrent job never leaves half."""
+    if not cfg.behavior.reuse:
+        return run_behavior(cfg, out, train_problems, task)
+    shared = Path(cfg.cache_dir).expanduser() / "behavior" / f"{cfg.teacher.name}-{behavior_key(cfg)}"
+    if done(shared):
+        console.print(f"behavior: reusing the data sampled earlier in {shared}")
+    else:
+        tmp = shared.with_name(f".tmp-{shared.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        run_behavior(cfg, tmp, train_problems, task)
+        mark_done(tmp)
+        try:
+            os.rename(tmp, shared)
+        except OSError:  # another job finished the same data first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(shared, out, dirs_exist_ok=True)
 
 
 def run_behavior(cfg: Config, out: Path, train_problems, task) -> None:
@@ -216,7 +250,7 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
     try:
         if pending(Stage.behavior):
             if world.is_main:
-                run_behavior(cfg, run_dir / "behavior", train_problems, task)
+                run_behavior_shared(cfg, run_dir / "behavior", train_problems, task)
                 mark_done(run_dir / "behavior")
             world.barrier()
         if pending(Stage.sft):

@@ -65,7 +65,7 @@ def test_pipeline_with_two_ranks_matches_a_single_process(tmp_path):
     and writes, both ranks train; the checkpoints equal the single-process ones and the run
     directory holds one run's records."""
     cache = tmp_path / "cache"
-    common = ["+experiment=smoke", "logger=none"]
+    common = ["+experiment=smoke", "logger=none", "behavior.reuse=false"]  # rank 0 samples
     run([sys.executable, "-m", "pear_exp", *common, f"run_dir={tmp_path / 'one'}"],
         cwd=tmp_path, PEAR_EXP_CACHE=str(cache))
     two = run(TORCHRUN + ["-m", "pear_exp", *common, f"run_dir={tmp_path / 'two'}",

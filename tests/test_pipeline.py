@@ -50,6 +50,15 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     assert "building tiny model" not in second.stdout
     assert json.loads((run_dir / "summary.json").read_text()) == summary
 
+    # another weighting in another run directory reuses the behavior data instead of sampling
+    other = run_cli(["+experiment=smoke", "logger=none", f"run_dir={tmp_path / 'other'}",
+                     "weighting=none", "stages=[behavior]"], tmp_path / "cache", tmp_path)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert "reusing the data sampled earlier" in other.stdout
+    reused = load_from_disk(str(tmp_path / "other" / "behavior" / "data"))
+    assert reused.to_dict() == data.to_dict()
+    assert len(list((tmp_path / "cache" / "behavior").iterdir())) == 1  # no temporary left
+
     # the same run directory with a result-changing override is refused, naming the difference
     third = run_cli(args + ["sft.lr=0.5"], tmp_path / "cache", tmp_path)
     assert third.returncode != 0
