@@ -21,7 +21,9 @@ Per step s = 1..rl.steps:
      the clip never binds); with epochs > 1 it is a no-grad pass before the first update.
   6. Push the new weights to the engine and run the parity probe: the engine's and the
      trainer's log-probs on a fixed probe batch; a difference above rollout.sync_tolerance stops
-     the run rather than train on stale weights.
+     the run rather than train on stale weights. An engine that generates with the trainer's own
+     model object (the hf engine) cannot hold stale weights: it is probed after the first update
+     of the run only (the probe is a generate and a forward pass: a few % of every step).
   7. Every eval_every steps: held-out greedy accuracy and sampled pass@1.
 
 Deviations from the GRPO paper (DeepSeekMath) worth knowing: no KL by default (kl_coef = 0, as
@@ -193,6 +195,9 @@ def train_grpo(
 
     metrics: dict[str, float] = {}
     push_weights()
+    # the hf engine generates with engine_model itself: probed once (module docstring, step 6)
+    shares_model = world.is_main and getattr(engine, "model", None) is engine_model
+    probed = False
     for step in tqdm(range(start + 1, cfg.steps + 1), desc="rl", leave=False, initial=start,
                      total=cfg.steps, disable=not world.is_main):
         model.eval()
@@ -219,12 +224,14 @@ def train_grpo(
             push_weights()
             model.eval()
             diff = None
-            if world.is_main:
+            if world.is_main and not (probed and shares_model):
                 diff = sync_logprob_diff(engine, engine_model, probe, temperature=cfg.temperature,
                                          stop_token_ids=stops, pad_id=pad_id)
+                probed = True
             diff = world.broadcast(diff)  # every rank stops together
-            metrics["sync_logprob_diff"] = diff
-            if not diff <= sync_tolerance:
+            if diff is not None:
+                metrics["sync_logprob_diff"] = diff
+            if diff is not None and not diff <= sync_tolerance:
                 raise RuntimeError(
                     f"rl step {step}: after the weight sync the rollout engine's log-probs differ "
                     f"from the trainer's by {diff:.4g} > rollout.sync_tolerance={sync_tolerance}; "
