@@ -69,13 +69,6 @@ class World:
         dist.all_reduce(t)
         return t.tolist()
 
-    def max(self, value: float) -> float:
-        if not self.distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.item()
-
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank (pickled)."""
         if not self.distributed:

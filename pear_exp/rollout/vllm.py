@@ -188,9 +188,10 @@ class VLLMEngine:
             with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm")
                                              else None) as tmp:
                 path = os.path.join(tmp, "weights.safetensors")
-                stored = {}  # tied tensors (lm_head = embeddings) are stored once
+                stored, seen = {}, set()  # tied tensors (lm_head = embeddings) are stored once
                 for name, t in weights:
-                    if all(t.data_ptr() != s.data_ptr() for s in stored.values()):
+                    if t.data_ptr() not in seen:
+                        seen.add(t.data_ptr())
                         stored[name] = t.contiguous().cpu()
                 save_file(stored, path)
                 self.llm.collective_rpc(_reload_weights_from_file, args=(path,))

@@ -114,7 +114,7 @@ def micro_batches(rows: list[dict], advantages: list[float], size: int, pad_id: 
     coefficient (`dummy`)."""
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))
     per_rank = math.ceil(len(order) / (size * world.size))
-    parts = [list(p) for p in torch.tensor(order).tensor_split(per_rank * world.size)]
+    parts = [p.tolist() for p in torch.tensor(order).tensor_split(per_rank * world.size)]
     out = []
     for idx in world.shard(parts):
         dummy = not idx
