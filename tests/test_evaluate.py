@@ -4,9 +4,10 @@ import pytest
 
 from pear_exp.config import EvalConfig
 from pear_exp.rollout import Completion
-from pear_exp.stages.evaluate import evaluate_model, majority_correct
+from pear_exp.stages.evaluate import evaluate_model, majority_correct, vote_groups
 from pear_exp.tasks.countdown import Countdown
 from pear_exp.tasks.base import Problem
+from pear_exp.tasks.math import MathTask
 
 
 class ScriptedEngine:
@@ -33,10 +34,27 @@ class ScriptedEngine:
 
 
 def test_majority_vote():
-    assert majority_correct(["5", "6", "6"], [True, False, False]) is False
-    assert majority_correct(["5", "6", "5"], [True, False, True]) is True
-    assert majority_correct(["6", "5"], [False, True]) is False  # tie: the earliest answer
-    assert majority_correct([None, None], [False, False]) is False
+    # groups: the earliest sample holding the same answer; None: did not answer (no vote)
+    assert vote_groups(["5", "6", "6"], ["correct", "wrong", "wrong"]) == [0, 1, 1]
+    assert majority_correct([0, 1, 1], ["correct", "wrong", "wrong"]) is False
+    assert majority_correct([0, 1, 0], ["correct", "wrong", "correct"]) is True
+    assert majority_correct([0, 1], ["wrong", "correct"]) is False  # tie: the earliest group
+    assert majority_correct([None, None], ["no_answer", "truncated"]) is False
+    # truncated, timed-out and unanswered samples do not vote, whatever they hold
+    labels = ["timeout", "truncated", "wrong", "no_answer"]
+    assert vote_groups(["5", "5", "6", None], labels) == [None, None, 2, None]
+    assert majority_correct([None, None, 2, None], labels) is False
+    # with an equivalence, only distinct wrong answers are compared; correct ones are one group
+    asked = []
+
+    def equivalent(pairs):
+        asked.extend(pairs)
+        return [{a, b} == {"0.5", "1/2"} for a, b in pairs]
+
+    answers = ["0.5", "2", "1/2", "0.5", "x", "y"]
+    labels = ["wrong", "wrong", "wrong", "wrong", "correct", "correct"]
+    assert vote_groups(answers, labels, equivalent) == [0, 1, 0, 0, 4, 4]
+    assert sorted(asked) == [("0.5", "1/2"), ("0.5", "2"), ("2", "1/2")]
 
 
 def test_evaluate_model_hand_computed(tokenizer):
@@ -76,3 +94,28 @@ def test_a_missing_sample_is_an_error(tokenizer):
         evaluate_model(Short(tokenizer, [], []), tokenizer, [p], Countdown(),
                        EvalConfig(num_samples=4, greedy=False), system_prompt=None, seed=0,
                        label="x")
+
+
+def test_maj_math_votes_answered_samples_over_equal_answers(tokenizer):
+    # gold 1/2: "3", then 1/2 written three ways (all graded correct)
+    a = Problem("m/a", "What is 1/2?", "\\frac{1}{2}")
+    # gold 5: a truncated "5" first, then "6", "5", "5"
+    b = Problem("m/b", "What is 2+3?", "5")
+    # gold 7: "7" (correct), then one wrong answer 1/2 written three ways
+    c = Problem("m/c", "What is 3+4?", "7")
+    halves = ["\\boxed{\\frac12}", "\\boxed{\\dfrac{1}{2}}", "\\boxed{0.5}"]
+    sampled = [["\\boxed{3}"] + halves,
+               ["so far \\boxed{5}", "\\boxed{6}", "\\boxed{5}", "\\boxed{5}"],
+               ["\\boxed{7}"] + halves]
+    engine = ScriptedEngine(tokenizer, sampled, [], truncated=("so far \\boxed{5}",))
+    summary, rows = evaluate_model(engine, tokenizer, [a, b, c], MathTask(timeout=10.0),
+                                   EvalConfig(num_samples=4, greedy=False),
+                                   system_prompt=None, seed=0, label="x")
+    # a: k=1 "3"; k=2 "3" vs 1/2, tie -> "3", the earliest; k=4 1/2 x3 -> right
+    # b: k=1 nothing answered; k=2 "6"; k=4 "5" x2 vs "6" -> right (the truncated 5 has no vote)
+    # c: k=1 "7"; k=2 tie -> "7"; k=4 the wrong 1/2 x3 -> wrong
+    assert [r["maj"] for r in rows] == [{1: False, 2: False, 4: True},
+                                        {1: False, 2: False, 4: True},
+                                        {1: True, 2: True, 4: False}]
+    maj = (summary["maj@1"], summary["maj@2"], summary["maj@4"])
+    assert maj == pytest.approx((1 / 3, 1 / 3, 2 / 3))

@@ -24,6 +24,7 @@ from pear_exp.tasks.math import (
     MathTask,
     classify,
     classify_many,
+    equivalent_many,
     extract_answer,
     grade,
     grade_many,
@@ -198,6 +199,17 @@ def test_extraction_is_linear_on_huge_inputs():
 def test_equivalence(gold, response, expected):
     assert classify(response, gold, timeout=10) == expected
     assert grade(response, gold, timeout=10) == (1.0 if expected == "correct" else 0.0)
+
+
+def test_equivalent_answers_for_majority_votes():
+    # two extracted answers, both model output: the grader's notion of equal (for maj@k)
+    pairs = [("\\frac12", "\\dfrac{1}{2}"), ("\\dfrac{1}{2}", "0.5"), ("0.5", "\\frac12"),
+             ("033", "33"), ("33", "34"), ("\\frac12", "0.4"), ("45\\%", "45"),
+             ("\\frac{1}{2", "\\frac{1}{2}"), ("1" * (MAX_ANSWER_CHARS + 1), "1")]
+    assert equivalent_many(pairs, timeout=10) == [True, True, True, True, False, False, True,
+                                                  False, False]
+    assert MathTask(timeout=10).equivalent_many([("x=5", "5")]) == [True]
+    assert equivalent_many([]) == []
 
 
 def test_never_raises_on_odd_inputs():

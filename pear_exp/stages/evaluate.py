@@ -1,18 +1,20 @@
 """Evaluate stage: n sampled responses per held-out problem, scored by the task's verifier.
 
 Reports per checkpoint: avg@n (pass@1 as the mean over n samples), the unbiased pass@k for
-k = 1, 2, 4, ... <= n (`metrics.pass_at_k`, not "best of the first k"), maj@k (the most frequent
-extracted answer among the first k samples is correct; ties go to the earliest), each with a 95%
-interval over problems, greedy accuracy, and the fraction of responses with no answer at all
-(counted apart from wrong answers). Every checkpoint is evaluated with the same sampling
-settings and seed, and every problem must get exactly n samples. A response that hits
+k = 1, 2, 4, ... <= n (`metrics.pass_at_k`, not "best of the first k"), maj@k (a vote among
+the first k samples that answered, equal answers together: `vote_groups`, `majority_correct`),
+each with a 95% interval over problems, greedy accuracy, and the fraction of responses with no
+answer at all (counted apart from wrong answers). Every checkpoint is evaluated with the same
+sampling settings and seed, and every problem must get exactly n samples. A response that hits
 max_new_tokens without a stop token scores 0.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from pear_exp.config import EvalConfig
 from pear_exp.metrics import mean_ci95, pass_at_k
@@ -34,16 +36,60 @@ def outcomes(task, problems: list[Problem], completions: list[Completion],
             for c, label in zip(completions, labels)]
 
 
-def majority_correct(answers: list[str | None], correct: list[bool]) -> bool:
-    """Is the most frequent non-empty answer (earliest on ties) a correct one?"""
-    counts: dict[str, int] = {}
-    for a in answers:
-        if a is not None:
-            counts[a] = counts.get(a, 0) + 1
+ANSWERED = ("correct", "wrong")  # outcomes that vote in maj@k
+
+
+def vote_groups(answers: list[str | None], labels: list[str],
+                equivalent: Callable[[list[tuple[str, str]]], list[bool]] | None = None,
+                ) -> list[int | None]:
+    """maj@k's vote group of each sample of one problem: the index of the earliest sample holding
+    the same answer; None for a sample that does not vote (truncated, timeout, no_answer).
+
+    Same answer: identical extracted strings (the grader's notion for countdown and games) or,
+    with `equivalent` (a batched check, math: math-verify on the grading workers), distinct
+    strings it calls equal, grouped transitively. Only distinct wrong answers need the check:
+    every correct answer equals the gold and so the others (one group), and a correct answer
+    never equals a wrong one.
+    """
+    first: dict[str, int] = {}
+    groups = [first.setdefault(a, i) if label in ANSWERED else None
+              for i, (a, label) in enumerate(zip(answers, labels))]
+    if equivalent is None:
+        return groups
+    reps = sorted({g for g in groups if g is not None})
+    parent = {r: r for r in reps}  # union-find; a root is the earliest index of its group
+
+    def root(r: int) -> int:
+        while parent[r] != r:
+            r = parent[r]
+        return r
+
+    def join(a: int, b: int) -> None:
+        a, b = root(a), root(b)
+        parent[max(a, b)] = min(a, b)
+
+    right = [r for r in reps if labels[r] == "correct"]
+    for r in right[1:]:
+        join(right[0], r)
+    wrong = [r for r in reps if labels[r] == "wrong"]
+    pairs = [(a, b) for i, a in enumerate(wrong) for b in wrong[i + 1:]]
+    for (a, b), same in zip(pairs, equivalent([(answers[a], answers[b]) for a, b in pairs])):
+        if same:
+            join(a, b)
+    return [None if g is None else root(g) for g in groups]
+
+
+def majority_correct(groups: list[int | None], labels: list[str]) -> bool:
+    """maj@k over these samples (the first k): is the group with the most votes graded correct?
+
+    `groups` from `vote_groups`; samples that did not answer have no vote, and no vote at all
+    scores 0. Ties go to the group whose first member comes earliest (the smallest group index).
+    """
+    counts = Counter(g for g in groups if g is not None)
     if not counts:
         return False
-    best = max(counts, key=lambda a: (counts[a], -answers.index(a)))
-    return correct[answers.index(best)]
+    best = max(counts, key=lambda g: (counts[g], -g))
+    return labels[best] == "correct"
 
 
 def ks_up_to(n: int) -> list[int]:
@@ -83,10 +129,10 @@ def evaluate_model(engine: RolloutEngine, tokenizer, problems: list[Problem], ta
     for i, problem in enumerate(problems):
         mine = labels[i * n : (i + 1) * n]
         answers = [task.extract(t) for t in texts[i * n : (i + 1) * n]]
-        ok = [label == "correct" for label in mine]
-        row = {"problem_id": problem.id, "n": n, "correct": sum(ok),
+        groups = vote_groups(answers, mine, getattr(task, "equivalent_many", None))
+        row = {"problem_id": problem.id, "n": n, "correct": mine.count("correct"),
                "no_answer": sum(label in ("no_answer", "truncated") for label in mine),
-               "maj": {k: majority_correct(answers[:k], ok[:k]) for k in ks_up_to(n)},
+               "maj": {k: majority_correct(groups[:k], mine) for k in ks_up_to(n)},
                "mean_length": sum(len(c.token_ids) for c in sampled[i]) / n,
                "sample": texts[i * n]}
         if greedy_labels is not None:

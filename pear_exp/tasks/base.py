@@ -4,6 +4,10 @@ A task turns a seed into :class:`Problem` instances, knows every correct respons
 (``solutions``) and grades any response string (``score``, 1.0 or 0.0, never raises). Problems are
 identified by ``id``: two problems with the same id are the same instance, which is how evaluation
 instances are kept out of training.
+
+maj@k (stages/evaluate.py) counts two samples as the same answer when ``extract`` gives identical
+strings, or, for a task that has ``equivalent_many(pairs of extracted answers) -> list[bool]``
+(math), when its grader calls them equal.
 """
 
 from __future__ import annotations

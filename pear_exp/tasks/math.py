@@ -53,6 +53,9 @@ Equivalence (``classify`` / ``grade``)
     * ``x=5`` == ``5``; unordered lists/sets ``3, 5, 7`` == ``7,5,3``; intervals keep their
       brackets (``(3,4]`` != ``(3,4)``); multiple-choice ``\\text{(C)}`` == ``C``.
 
+    ``equivalent_many(pairs)`` applies the same rules to two extracted answers (the first as
+    gold), so that maj@k counts ``\\frac12``, ``\\dfrac{1}{2}`` and ``0.5`` as one answer.
+
     Two fast paths skip the worker: answers equal up to whitespace, and two plain integers
     (compared with ``int``). An extracted answer longer than :data:`MAX_ANSWER_CHARS` characters is
     "wrong" without parsing (no real answer is that long; it bounds the work a degenerate policy can
@@ -116,6 +119,7 @@ __all__ = [
     "Problem",
     "classify",
     "classify_many",
+    "equivalent_many",
     "extract_answer",
     "grade",
     "grade_many",
@@ -606,6 +610,35 @@ def classify_many(
     return [r if r is not None else "wrong" for r in out]
 
 
+def equivalent_many(
+    pairs: Sequence[tuple[str, str]], timeout: float = DEFAULT_TIMEOUT, workers: int | None = None,
+) -> list[bool]:
+    """Does the grader call each pair of extracted answers equal? (maj@k groups answers with it.)
+
+    The grading rules with the first answer as the gold: percent signs removed, equal up to
+    whitespace or as plain integers without a worker, otherwise math-verify on the worker pool,
+    each check bounded by ``timeout`` (a check that times out is "not equal"). Both answers are
+    model output here, so the length and brace bounds apply to both.
+    """
+    out = [False] * len(pairs)
+    jobs: list[tuple[str, str]] = []
+    where: list[int] = []
+    for i, (a, b) in enumerate(pairs):
+        a, b = _PERCENT_RE.sub("", str(a)).strip(), _PERCENT_RE.sub("", str(b)).strip()
+        if _WS_RE.sub("", a) == _WS_RE.sub("", b):
+            out[i] = True
+        elif any(len(x) > MAX_ANSWER_CHARS or not x or not _balanced(x) for x in (a, b)):
+            pass
+        elif _INT_RE.fullmatch(a) and _INT_RE.fullmatch(b):
+            out[i] = int(a) == int(b)
+        else:
+            jobs.append((a, b))
+            where.append(i)
+    for i, r in zip(where, _verify_many(jobs, timeout, workers)):
+        out[i] = r == "correct"
+    return out
+
+
 def classify(response: str, answer: str, timeout: float = DEFAULT_TIMEOUT) -> str:
     """"correct", "wrong", "no_answer" (nothing extracted) or "timeout" (check exceeded ``timeout``)."""
     return classify_many([response], [answer], timeout, workers=1)[0]
@@ -849,6 +882,10 @@ class MathTask:
 
     def classify_many(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[str]:
         return classify_many(responses, [p.answer for p in problems], self.timeout)
+
+    def equivalent_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """Which pairs of extracted answers are equal (see :func:`equivalent_many`); for maj@k."""
+        return equivalent_many(pairs, self.timeout)
 
     def alphabet(self) -> str:
         """Every character of the prompts and solutions of both sets (for char-level tokenizers)."""
