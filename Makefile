@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: help install install-vllm run smoke test test-slow bench clean
+.PHONY: help install install-vllm run smoke test test-slow test-real bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test: ## the fast, offline, CPU-only test suite (what CI runs)
 
 test-slow: ## the end-to-end tests that take minutes (sweeps, the full default run; CI runs them)
 	$(PY) -m pytest -q -m slow
+
+test-real: ## every preset end to end on random-init stand-ins of its models, hf and vLLM (~15 min)
+	$(PY) -m pytest -q -m real_shape
 
 bench: ## performance against TRL and the machine's matmul peak (installs the bench extra, TRL; ~4 min idle)
 	$(PY) -m pip install -q -e ".[bench]"
