@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pear_exp import distributed
-from pear_exp.config import Config, register_configs
+from pear_exp import distributed, errors
+from pear_exp.config import Config, ConfigValueError, register_configs
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -62,6 +64,23 @@ def check_override_keys(args: list[str]) -> None:
                 break  # a leaf, list or dict: Hydra validates the value's type
 
 
+def check_values(args: list[str]) -> None:
+    """Compose the config main() will get and convert it once, so that a combination the schema
+    refuses (ConfigValueError, e.g. TIS with rl.top_p < 1) stops the command before Hydra creates
+    its output directory. Skipped when a Hydra flag is given (a sweep is not one config; --cfg,
+    --help, another config): main() and every sweep job still convert and refuse the same way."""
+    if any(arg.startswith("-") for arg in args):
+        return
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            dict_cfg = compose(config_name="config", overrides=args)
+        OmegaConf.to_object(dict_cfg)
+    except ConfigValueError:
+        raise
+    except Exception:
+        return  # anything else (a misspelt option, a bad value type): Hydra reports it in main()
+
+
 def _dataclass_of(annotation) -> type | None:
     import pear_exp.config as config_module
 
@@ -100,14 +119,31 @@ def main(dict_cfg: DictConfig) -> dict:
                 f"error: {run_dir} was started with another configuration; refusing to mix runs.\n"
                 + "\n".join(differences)
                 + "\nUse a new run_dir, or the recorded values to continue this run.")
+    # hub ids that can be neither found in the cache nor fetched: one message, nothing written
+    missing = world.broadcast(errors.unavailable_sources(cfg, run_dir) if world.is_main else None)
+    if missing:
+        distributed.shutdown()
+        stop(errors.SourceUnavailable(missing))
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         recorded.write_text(new_text)
     world.barrier()
     try:
         return run(cfg, run_dir, resolved, choices, world)
+    except errors.SourceUnavailable as err:  # a load deep in a stage: name the config key
+        stop(err.naming_keys(cfg))
+    except errors.RunStopped as err:
+        stop(err)
     finally:
         distributed.shutdown()
+
+
+def stop(err: errors.RunStopped):
+    """End with the message alone and exit status 1. In a sweep the job fails as any failing
+    job does (Hydra reports it and runs the others)."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise err
+    raise SystemExit(f"error: {err}") from None
 
 
 # Keys that may change between invocations on one run directory: which stages to run now, where
@@ -150,8 +186,12 @@ def cli() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         check_override_keys(sys.argv[1:])
+        check_values(sys.argv[1:])
     except ConfigKeyError as err:
         print(err.code, file=sys.stderr)
+        sys.exit(2)
+    except ConfigValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     sys.argv += plan_overrides(sys.argv[1:])
     main()

@@ -16,6 +16,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
+class ConfigValueError(ValueError):
+    """A combination of values the schema refuses (raised in __post_init__, so by
+    OmegaConf.to_object); `python -m pear_exp` prints it as one line before anything runs."""
+
+
 class WeightLevel(Enum):
     none = "none"
     token = "token"
@@ -163,7 +168,8 @@ class WeightingConfig:
     gamma: float = 0.999
     delta_clip: list[float] = field(default_factory=lambda: [-0.08, 0.3])
     log_weight_clip: list[float] = field(default_factory=lambda: [-10.0, 5.0])
-    # The target policy is the current model evaluated at the RL sampling temperature (PEAR.md).
+    # The target policy is the current model evaluated at the RL sampling temperature (PEAR.md):
+    # conf/config.yaml sets ${rl.temperature}; 1.0 is the default of Python-built configs.
     target_temperature: float = 1.0
     normalization: Normalization = Normalization.tokens
 
@@ -206,9 +212,12 @@ class RolloutConfig:
     dtype: str = "auto"
     max_model_len: int = 4096
     enable_sleep_mode: bool = False  # GPU: free the engine's memory while the trainer steps
-    # After each weight sync the engine's log-probs are compared with the trainer's on a fixed
-    # probe batch; a larger max difference stops the run (stale or wrong weights).
-    sync_tolerance: float = 0.05
+    # After each weight sync (stages/rl.py, step 6) the engine's weights are checked exactly
+    # (fingerprint); then the mean |engine - trainer| log-prob on a fixed probe batch, with the
+    # trainer in the engine's dtype, must not exceed this. bf16 holds a logit below 64 to within
+    # 0.125, which moves a log-prob by at most 0.25: more is a wrong model, kernel or config, not
+    # rounding (measured: bf16 rounding 0.02-0.05 at logits of 30, another model 0.8).
+    sync_tolerance: float = 0.25
 
 
 @dataclass
@@ -276,6 +285,15 @@ class RLConfig:
     precision: Precision = Precision.fp32
     logprob_chunk_size: int = 0  # as sft.logprob_chunk_size: > 0 for large vocabularies
     gradient_checkpointing: bool = False  # recompute activations in the update (long responses)
+
+    def __post_init__(self) -> None:
+        # The engine's log-probs under top_p < 1 are renormalised over the nucleus, never below
+        # the trainer's full-distribution ones, so every TIS weight would be <= 1 (rl.py).
+        if self.tis_cap is not None and self.top_p < 1.0:
+            raise ConfigValueError(
+                f"rl.tis_cap={self.tis_cap} with rl.top_p={self.top_p}: TIS compares the engine's "
+                "nucleus-renormalised log-probs with the trainer's full-distribution ones (every "
+                "weight <= 1); set rl.tis_cap=null or rl.top_p=1.0")
 
 
 @dataclass

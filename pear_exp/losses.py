@@ -81,6 +81,7 @@ def grpo_token_loss(
     old_logprobs: torch.Tensor,
     advantages: torch.Tensor,
     *,
+    mask: torch.Tensor,
     clip_low: float,
     clip_high: float,
     engine_logprobs: torch.Tensor | None = None,
@@ -91,7 +92,11 @@ def grpo_token_loss(
     """Per-token GRPO loss (batch, seq) and per-token diagnostics; aggregate with coefficients.
 
     logprobs: current policy, with gradient; old_logprobs: the policy that the rollout batch is
-    attributed to (trainer-side, detached); advantages: (batch, 1) or (batch, seq).
+    attributed to (trainer-side, detached); advantages: (batch, 1) or (batch, seq); mask: (batch,
+    seq), 1 on the tokens that carry loss. Off the mask every log-prob difference is set to 0
+    before any exp: prompt and pad positions may hold anything (the engine reports 0 there), and
+    an overflowing exp would turn their zero coefficient into inf * 0 = NaN. The loss there is
+    then that of ratio 1 (finite, with zero gradient); the caller's coefficients drop it.
         ratio = exp(logprobs - old_logprobs)
         pg    = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A)
         pg   *= min(exp(old_logprobs - engine_logprobs), tis_cap)   truncated importance weight
@@ -99,17 +104,19 @@ def grpo_token_loss(
         kl    = exp(ref - logprobs) - (ref - logprobs) - 1          k3 estimator, >= 0
         loss  = pg + kl_coef * kl
     """
-    ratio = torch.exp(logprobs - old_logprobs)
+    on = mask.bool()
+    off = lambda diff: diff.masked_fill(~on, 0.0)  # noqa: E731  (before exp: see above)
+    ratio = torch.exp(off(logprobs - old_logprobs))
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_low, 1 + clip_high) * advantages
     loss = -torch.minimum(unclipped, clipped)
     stats = {"clipped": (clipped < unclipped).float()}  # the clip changed this token's objective
     if engine_logprobs is not None and tis_cap is not None:
-        tis = torch.exp(old_logprobs - engine_logprobs).clamp(max=tis_cap).detach()
+        tis = torch.exp(off(old_logprobs - engine_logprobs)).clamp(max=tis_cap).detach()
         loss = loss * tis
         stats["tis"] = tis
     if ref_logprobs is not None:
-        log_r = ref_logprobs - logprobs
+        log_r = off(ref_logprobs - logprobs)
         kl = torch.exp(log_r) - log_r - 1
         loss = loss + kl_coef * kl
         stats["kl"] = kl.detach()

@@ -15,6 +15,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from pear_exp.config import ModelConfig, TaskConfig
+from pear_exp.errors import fetching
 
 # ChatML, the convention of Qwen2.5 / Qwen3 (without tools): the assistant turn ends with
 # <|im_end|>, which carries loss so the model learns to stop.
@@ -56,7 +57,8 @@ def load_tokenizer(path: str, cfg: ModelConfig | None = None):
     """The tokenizer at `path`, carrying the model config's chat-template switches (e.g. Qwen3's
     enable_thinking) so that every prompt built with it follows the same convention."""
     cfg = cfg or ModelConfig()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    with fetching(path):  # a hub id that cannot be fetched stops with a short message
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
@@ -70,9 +72,10 @@ def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = Fals
     """The checkpoint at `path` on `device` (default: this process's GPU if there is one)."""
     from pear_exp.distributed import default_device
 
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-    )
+    with fetching(path):
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        )
     return model.to(device or default_device())
 
 

@@ -54,6 +54,7 @@ measured only at run time.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -62,7 +63,7 @@ from typing import Any
 
 from pear_exp.config import (
     ArchitectureConfig, BehaviorSource, Config, Engine, ModelConfig, ModelType, Precision, Stage,
-    TaskKind,
+    TaskKind, WeightingConfig, WeightLevel,
 )
 
 GiB = 2**30
@@ -523,6 +524,59 @@ def checks(cfg: Config, student: ModelPlan, teacher: ModelPlan) -> list[str]:
             dtype_bytes(cfg.model.dtype) == 4 and stages & {Stage.rl, Stage.evaluate}:
         out.append("rollout.dtype=auto serves float32 student checkpoints in float32: set "
                    "rollout.dtype=bfloat16")
+    return out + weight_checks(cfg)
+
+
+def floored_fraction(length: int, delta: float, w: WeightingConfig) -> float:
+    """Fraction of a `length`-token response's tokens whose log G falls below the log-weight
+    floor when every p - b equals `delta`; computed by pear_exp.weighting itself."""
+    import torch
+
+    from pear_exp.weighting import pear_weights_with_stats
+
+    ones = torch.ones(1, length, dtype=torch.float64)
+    _, stats = pear_weights_with_stats(
+        ones * delta, torch.zeros_like(ones), ones, level=w.level.value, block_size=w.block_size,
+        gamma=w.gamma, delta_clip=tuple(w.delta_clip), log_weight_clip=tuple(w.log_weight_clip))
+    return stats["log_weight_floor_frac"]
+
+
+def weight_checks(cfg: Config) -> list[str]:
+    """Settings under which most PEAR weights are expected at the floor log_weight_clip[0]
+    (what the SFT stage warns about at run time, pear_exp/stages/sft.py weight_health)."""
+    w, b = cfg.weighting, cfg.behavior
+    if w.level == WeightLevel.none or Stage.sft not in cfg.stages:
+        return []
+    out = []
+    if b.source == BehaviorSource.teacher and b.temperature != w.target_temperature:
+        out.append(
+            f"PEAR weights: behavior.temperature={b.temperature:g} differs from "
+            f"weighting.target_temperature={w.target_temperature:g}: b_t is the teacher's "
+            f"log-prob at {b.temperature:g}, p_t the student's at {w.target_temperature:g}"
+            + (": the sharper behavior distribution makes p - b low on the tokens it sampled, "
+               "pushing weights to the floor" if b.temperature < w.target_temperature else ""))
+    if b.source == BehaviorSource.teacher and b.top_p < 1:
+        out.append(f"PEAR weights: behavior.top_p={b.top_p:g} < 1: b_t is the "
+                   "nucleus-renormalised log-prob (above the full distribution's by -log of the "
+                   "nucleus mass), so p - b is biased low")
+    # the longest response SFT sees: what the teacher may generate, or what validation admits
+    length, key = (b.max_new_tokens, "behavior.max_new_tokens")
+    if b.source == BehaviorSource.dataset:
+        length, key = cfg.sft.max_seq_len, "sft.max_seq_len"
+    lo, floor = w.delta_clip[0], w.log_weight_clip[0]
+    worst = floored_fraction(length, lo - 1.0, w)  # every delta clipped to delta_clip[0]
+    if worst > 0:
+        out.append(
+            f"PEAR weights: up to {worst:.1%} of a {length:,}-token response's tokens ({key}) "
+            f"can sit at the log-weight floor: {math.ceil(floor / lo - 1e-9):,} deltas at "
+            f"delta_clip[0]={lo:g} sum to log_weight_clip[0]={floor:g}")
+    matched = floored_fraction(length, 0.0, w)  # p = b on every token: the discount alone
+    if matched > 0:
+        out.append(
+            f"PEAR weights: the discount alone floors {matched:.1%} of a {length:,}-token "
+            f"response's tokens even where the student matches the behavior policy "
+            f"(gamma={w.gamma:g} to the power {math.ceil(floor / math.log(w.gamma)):,} is below "
+            f"exp({floor:g}))")
     return out
 
 

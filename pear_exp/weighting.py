@@ -29,7 +29,7 @@ from torch import Tensor
 
 LEVELS = ("none", "token", "block", "sequence")
 STAT_KEYS = ("weight_mean", "weight_min", "weight_max", "weight_ess", "delta_clip_low_frac",
-             "delta_clip_high_frac", "log_weight_clip_frac", "delta_mean")
+             "delta_clip_high_frac", "log_weight_clip_frac", "log_weight_floor_frac", "delta_mean")
 
 
 def _check(policy_logprobs: Tensor, behavior_logprobs: Tensor, mask: Tensor, level, block_size: int,
@@ -106,7 +106,8 @@ def pear_weights_with_stats(policy_logprobs: Tensor, behavior_logprobs: Tensor, 
     Keys (python floats, all 0.0 when there is no loss token): weight_mean, weight_min, weight_max,
     weight_ess = (sum W)^2 / (N sum W^2), delta_clip_low_frac / delta_clip_high_frac (fraction of
     loss tokens whose p - b lay below / above delta_clip), log_weight_clip_frac (fraction whose
-    logG was clipped), delta_mean (mean unclipped p - b).
+    logG was clipped), log_weight_floor_frac (fraction clipped at the floor log_weight_clip[0]:
+    weight exp(L_lo), next to nothing), delta_mean (mean unclipped p - b).
     """
     weights, m, raw, log_g, clipped = _pear(policy_logprobs, behavior_logprobs, mask, level,
                                             block_size, gamma, delta_clip, log_weight_clip)
@@ -118,7 +119,8 @@ def pear_weights_with_stats(policy_logprobs: Tensor, behavior_logprobs: Tensor, 
             w.mean(), w.min(), w.max(), w.sum() ** 2 / (n * (w * w).sum()),
             (m & (raw < delta_clip[0])).sum().double() / n,
             (m & (raw > delta_clip[1])).sum().double() / n,
-            (m & (log_g != clipped)).sum().double() / n, raw.sum() / n,
+            (m & (log_g != clipped)).sum().double() / n,
+            (m & (log_g < log_weight_clip[0])).sum().double() / n, raw.sum() / n,
         ]).tolist()                                                             # one device sync
         stats = dict(zip(STAT_KEYS, values))
     return weights.to(torch.promote_types(policy_logprobs.dtype, torch.float32)), stats

@@ -58,7 +58,7 @@ def test_bad_enum_value_lists_the_valid_ones():
 def test_unknown_keys_are_refused_with_the_valid_keys():
     with pytest.raises(ConfigKeyError, match=r"(?s)'weighting.gama'.*block_size, delta_clip, gamma"):
         check_override_keys(["weighting.gama=1"])
-    with pytest.raises(ConfigKeyError, match=r"(?s)'experimnt'.*Config groups: experiment"):
+    with pytest.raises(ConfigKeyError, match=r"(?s)'experimnt'.*Config groups: .*experiment"):
         check_override_keys(["+experimnt=x"])
     with pytest.raises(ConfigKeyError, match="sft.stepz"):
         check_override_keys(["sft.stepz=3"])
@@ -88,3 +88,44 @@ def test_config_differences_lists_changed_leaves_but_not_operational_keys():
     new = {"seed": 1, "stages": ["rl"], "sft": {"lr": 0.1, "steps": 4}, "logger": {"backend": "wandb"}}
     assert config_differences(old, new) == ["  seed: 0 -> 1", "  sft.steps: 3 -> 4"]
     assert config_differences(old, old) == []
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("level", ["none", "token", "block", "sequence"])
+def test_target_temperature_follows_rl_temperature(level):
+    # PEAR's target is the model at the RL sampling temperature, whatever the weighting option
+    cfg = OmegaConf.to_object(composed([f"weighting={level}", "rl.temperature=0.7"]))
+    assert cfg.weighting.target_temperature == 0.7
+    cfg = OmegaConf.to_object(composed([f"weighting={level}", "rl.temperature=0.7",
+                                        "weighting.target_temperature=0.9"]))
+    assert cfg.weighting.target_temperature == 0.9  # an explicit value still wins
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_target_temperature_follows_rl_temperature_in_presets(name):
+    cfg = OmegaConf.to_object(composed([f"+experiment={name}", "weighting=token",
+                                        "rl.temperature=0.7"]))
+    assert cfg.weighting.target_temperature == 0.7
+
+
+def test_cli_refuses_tis_with_nucleus_rl_sampling(tmp_path):
+    # stages=[] keeps the run short should the check be missing (it would then exit 0)
+    result = subprocess.run(
+        [sys.executable, "-m", "pear_exp", "rl.top_p=0.9", "stages=[]", "logger=none",
+         f"run_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert all(s in lines[0] for s in ("rl.top_p=0.9", "rl.tis_cap=null", "rl.top_p=1.0"))
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_tis_with_nucleus_is_refused_and_either_way_out_composes():
+    with pytest.raises(ValueError, match="rl.tis_cap=null or rl.top_p=1.0"):
+        OmegaConf.to_object(composed(["rl.top_p=0.9"]))
+    assert OmegaConf.to_object(composed(["rl.top_p=0.9", "rl.tis_cap=null"])).rl.top_p == 0.9
+    assert OmegaConf.to_object(composed(["rl.tis_cap=2.0", "rl.top_p=1.0"])).rl.tis_cap == 2.0

@@ -49,7 +49,8 @@ def test_clipped_ratio_loss_hand_computed():
     logp = torch.tensor([[0.5, -0.5, 0.1]])
     old = torch.zeros(1, 3)
     adv = torch.tensor([[1.0, -1.0, 2.0]])
-    loss, stats = grpo_token_loss(logp, old, adv, clip_low=0.2, clip_high=0.28)
+    loss, stats = grpo_token_loss(logp, old, adv, mask=torch.ones(1, 3), clip_low=0.2,
+                                  clip_high=0.28)
     torch.testing.assert_close(loss, torch.tensor([[-1.28, 0.8, -2 * math.exp(0.1)]]))
     torch.testing.assert_close(stats["clipped"], torch.tensor([[1.0, 1.0, 0.0]]))
 
@@ -59,8 +60,9 @@ def test_tis_and_kl_hand_computed():
     old = torch.zeros(1, 2)
     engine = torch.tensor([[-1.0, 0.5]])  # exp(old - engine) = e^1 -> capped at 2; e^-0.5
     ref = torch.tensor([[math.log(2.0), 0.0]])  # k3: 2 - ln 2 - 1 and 0
-    loss, stats = grpo_token_loss(logp, old, torch.ones(1, 1), clip_low=0.2, clip_high=0.2,
-                                  engine_logprobs=engine, tis_cap=2.0, ref_logprobs=ref, kl_coef=0.1)
+    loss, stats = grpo_token_loss(logp, old, torch.ones(1, 1), mask=torch.ones(1, 2), clip_low=0.2,
+                                  clip_high=0.2, engine_logprobs=engine, tis_cap=2.0,
+                                  ref_logprobs=ref, kl_coef=0.1)
     tis = torch.tensor([[2.0, math.exp(-0.5)]])
     kl = torch.tensor([[1 - math.log(2.0), 0.0]])
     torch.testing.assert_close(stats["tis"], tis)
@@ -175,8 +177,8 @@ def test_rl_stage_runs_logs_and_evaluates(tokenizer):
     logged, evaluated = run_grpo(tokenizer, None, lr=1e-2, kl_coef=0.1)
     assert [s for s, _ in logged] == [1, 2] and evaluated == [2]
     # the hf engine generates with the trained model itself: probed after the first update only
-    assert logged[0][1]["sync_logprob_diff"] < 1e-4
-    assert all("sync_logprob_diff" not in m for _, m in logged[1:])
+    assert logged[0][1]["sync_logprob_diff_max"] < 1e-4
+    assert all("sync_logprob_diff_max" not in m for _, m in logged[1:])
     for _, m in logged:
         assert m["grad_norm"] > 0
         for key in ("kl", "reward_mean", "accuracy", "response_length", "clip_frac", "entropy",
@@ -210,3 +212,22 @@ def test_grpo_raises_a_learnable_reward(tokenizer):
                log=lambda m, s: rewards.append(m["reward_mean"]))
     assert sum(rewards[:3]) / 3 < 0.4
     assert sum(rewards[-3:]) / 3 > 0.6
+
+
+def test_huge_differences_off_the_mask_leave_the_loss_and_gradients_finite():
+    """Prompt and pad positions may hold any log-prob (the engine reports 0 there, a padded
+    forward anything): exp of a huge difference there must not reach the loss as inf * 0 = NaN."""
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0]])  # prompt, two response tokens, pad
+    logp = torch.tensor([[200.0, -0.5, 0.1, -300.0]], requires_grad=True)
+    old = torch.tensor([[-200.0, -0.5, 0.0, 300.0]])  # exp(+-400) overflows float32
+    ref = torch.tensor([[300.0, -0.5, 0.1, 400.0]])
+    engine = torch.tensor([[-500.0, -0.5, 0.0, 500.0]])
+    loss, stats = grpo_token_loss(logp, old, torch.ones(1, 1), mask=mask, clip_low=0.2,
+                                  clip_high=0.28, engine_logprobs=engine, tis_cap=2.0,
+                                  ref_logprobs=ref, kl_coef=0.1)
+    total = (loss * mask).sum()
+    # on the mask: ratio 1 (k3 0) and e^0.1 (inside the clip, k3 e^0 - 0 - 1 = 0): -(1 + e^0.1)
+    assert total.item() == pytest.approx(-(1 + math.exp(0.1)), rel=1e-6)
+    total.backward()
+    assert torch.isfinite(logp.grad).all() and (logp.grad[0, [0, 3]] == 0).all()
+    assert all(torch.isfinite(v).all() for v in stats.values())

@@ -250,8 +250,13 @@ def test_plan_mode_runs_offline_for_every_experiment_preset(tmp_path, name):
     cfg = typed([f"+experiment={name}"])
     student = plan.model_plan("student", cfg.model)
     for text in (f"plan: {name}", cfg.model.path, cfg.teacher.path, f"{student.params:,}",
-                 "memory per GPU", "checks: nothing found"):
+                 "memory per GPU"):
         assert text in out, text
+    # long traces and the teachers' recommended sampling: PEAR weights are expected at the
+    # floor (test_plan_flags_pear_weights_expected_at_the_floor); nothing else is flagged
+    found = plan.checks(cfg, student, plan.model_plan("teacher", cfg.teacher))
+    assert found and all(line.startswith("PEAR weights:") for line in found)
+    assert out.count("check:") == out.count("check: PEAR weights:") == len(found)
     for stage in ("behavior", "sft", "rl", "evaluate"):
         assert any(line.split("│")[1].strip() == stage for line in out.splitlines()
                    if line.count("│") > 3), stage
@@ -274,3 +279,53 @@ def test_plan_flags_settings_that_would_fail(tmp_path):
     assert "exceeds rollout.max_model_len=4096" in result.stdout
     assert "DOES NOT FIT" in result.stdout  # a 14 GiB teacher in an 8 GiB reservation
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- PEAR weights
+def test_floored_fraction_by_hand():
+    from pear_exp.config import WeightingConfig, WeightLevel
+
+    token = WeightingConfig(level=WeightLevel.token)  # gamma 0.999, delta clip -0.08, floor -10
+    # every delta at -0.08: log G_t = (T - t)(log 0.999 - 0.08) = -0.0810005 (T - t), below -10
+    # once T - t >= 124 (123 x 0.0810005 = 9.963, 124 x 0.0810005 = 10.044): T - 124 of T tokens
+    assert plan.floored_fraction(16384, -1.0, token) == pytest.approx(16260 / 16384)
+    # p = b: log G_t = (T - t) log 0.999, below -10 once T - t >= 9,995 (9,994 x 0.00100050 =
+    # 9.9990, 9,995 x 0.00100050 = 10.0000008): T - 9,995 = 6,389 tokens
+    assert plan.floored_fraction(16384, 0.0, token) == pytest.approx(6389 / 16384)
+    # block of 4 counts from the block's end e(t) = 4 ceil(t / 4): T - e(t) >= 9,995 means
+    # e(t) <= 6,389, so e(t) <= 6,388 and t <= 6,388; T - e(t) >= 124 means t <= 16,260
+    block = WeightingConfig(level=WeightLevel.block)
+    assert plan.floored_fraction(16384, 0.0, block) == pytest.approx(6388 / 16384)
+    assert plan.floored_fraction(16384, -1.0, block) == pytest.approx(16260 / 16384)
+    # sequence: one log G = -0.08 T for every token and no discount: floored from 126 tokens on
+    sequence = WeightingConfig(level=WeightLevel.sequence)
+    assert plan.floored_fraction(126, -1.0, sequence) == 1.0
+    assert plan.floored_fraction(124, -1.0, sequence) == plan.floored_fraction(
+        16384, 0.0, sequence) == 0.0
+    assert plan.floored_fraction(48, -1.0, token) == 0.0  # the tiny world's 48 tokens
+
+
+def test_plan_flags_pear_weights_expected_at_the_floor():
+    cfg = typed(["+experiment=aime_qwen3"])  # teacher samples at 0.6 / 0.95, 16,384 tokens
+    assert plan.weight_checks(cfg) == [
+        "PEAR weights: behavior.temperature=0.6 differs from weighting.target_temperature=1: "
+        "b_t is the teacher's log-prob at 0.6, p_t the student's at 1: the sharper behavior "
+        "distribution makes p - b low on the tokens it sampled, pushing weights to the floor",
+        "PEAR weights: behavior.top_p=0.95 < 1: b_t is the nucleus-renormalised log-prob (above "
+        "the full distribution's by -log of the nucleus mass), so p - b is biased low",
+        # 16,260 / 16,384 and 6,388 / 16,384 (block level: test_floored_fraction_by_hand)
+        "PEAR weights: up to 99.2% of a 16,384-token response's tokens (behavior.max_new_tokens) "
+        "can sit at the log-weight floor: 125 deltas at delta_clip[0]=-0.08 sum to "
+        "log_weight_clip[0]=-10",
+        "PEAR weights: the discount alone floors 39.0% of a 16,384-token response's tokens even "
+        "where the student matches the behavior policy (gamma=0.999 to the power 9,995 is below "
+        "exp(-10))",
+    ]
+    # 3,072-token traces: within 9,995 tokens of the end, the discount alone floors nothing
+    short = plan.weight_checks(typed(["+experiment=aime_qwen3", "behavior.temperature=1.0",
+                                      "behavior.top_p=1.0", "behavior.max_new_tokens=3072"]))
+    assert short == ["PEAR weights: up to 96.0% of a 3,072-token response's tokens "
+                     "(behavior.max_new_tokens) can sit at the log-weight floor: 125 deltas at "
+                     "delta_clip[0]=-0.08 sum to log_weight_clip[0]=-10"]  # 2,948 / 3,072
+    assert plan.weight_checks(typed([])) == []  # the tiny world: 48 tokens, matched sampling
+    assert plan.weight_checks(typed(["+experiment=aime_qwen3", "weighting=none"])) == []

@@ -21,7 +21,14 @@ save_pretrained checkpoint (neither lists the tied `lm_head.weight`): the input 
 the LM head still computes logits with the OLD one, and log-probs match neither weights. So after
 the reload we re-run `dispatch_cpu_unquantized_gemm` on every unquantized VocabParallelEmbedding
 (input embedding and LM head) from its updated weight. And after every sync the prefix cache is
-reset: its KV blocks were computed with the old weights.
+reset: its KV blocks were computed with the old weights. `weight_fingerprint` then reports what
+the workers compute with (the CPU backend's packed weights read back through their kernels), for
+rl.py to compare with the trainer's (pear_exp.rollout): a skipped or partial sync is named.
+
+Lifetime: `close()` shuts the engine core down and frees its weights and KV cache; the pipeline
+closes each engine when its stage or checkpoint is done. An engine that is only dropped can keep
+its memory (vLLM gc.freeze()s the objects it creates: measured, the first engine's KV cache stays)
+and leaves torch.distributed initialised, so the next engine would start out of process.
 
 Inside a multi-process training job (torchrun; pear_exp/distributed.py) rank 0's engine core
 runs in a process of its own, started without the torchrun variables, since an in-process
@@ -38,6 +45,7 @@ GPU memory while the trainer runs) exists on CUDA only.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -100,6 +108,36 @@ def _reload_weights_from_file(worker, path: str) -> None:
     _reload_weights_on_worker(worker, list(load_file(path).items()))
 
 
+@torch.no_grad()
+def _fingerprint_on_worker(worker) -> dict[str, list[float]]:
+    """Runs on each vLLM worker: the fingerprint (pear_exp.rollout) of the weights it computes
+    with. Every module holding a tensor counts it, as trainer_fingerprint does for a tied head."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import (
+        ParallelLMHead,
+        VocabParallelEmbedding,
+    )
+
+    from pear_exp.rollout import weight_fingerprint
+
+    def computed(module, name: str, param: torch.Tensor) -> torch.Tensor:
+        # The CPU backend packs each linear weight (and the LM head) for its GEMM kernel and
+        # empties the parameter: read the weight back through that kernel, I @ W^T = W^T,
+        # exactly (products with 1 and 0). The input embedding looks its rows up in `param`.
+        lookup = isinstance(module, VocabParallelEmbedding) and not isinstance(
+            module, ParallelLMHead)
+        if name != "weight" or not hasattr(module, "cpu_linear") or lookup:
+            return param
+        k = getattr(module, "input_size_per_partition", None) or param.shape[-1]
+        return module.cpu_linear(torch.eye(k, dtype=param.dtype), param, None)
+
+    model = worker.model_runner.get_model()
+    return weight_fingerprint(
+        (f"{prefix}.{name}", computed(module, name, param))
+        for prefix, module in model.named_modules()
+        for name, param in module.named_parameters(recurse=False)
+    )
+
+
 class VLLMEngine:
     """vLLM `LLM` over a checkpoint directory (or hub id); `sync_weights` pushes a trainer's
     transformers model into it after each optimizer step."""
@@ -136,6 +174,7 @@ class VLLMEngine:
         self.tokenizer = tokenizer
         self.sleep_mode = enable_sleep_mode and not on_cpu
         self._asleep: set[str] = set()  # memory tags put to sleep: "weights", "kv_cache"
+        self._warned_no_fingerprint = False
         extra = {}
         if kv_cache_memory_bytes or on_cpu:  # on CPU a fixed size, not a share of the machine
             extra["kv_cache_memory_bytes"] = kv_cache_memory_bytes or (1 << 30)
@@ -167,6 +206,39 @@ class VLLMEngine:
         finally:
             torch.set_num_threads = set_num_threads
             os.environ.update(hidden)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the engine holds its weights in (rl.py casts the trainer's to it)."""
+        return self.llm.llm_engine.model_config.dtype
+
+    def weight_fingerprint(self) -> dict[str, list[float]] | None:
+        """The fingerprint (pear_exp.rollout) of the weights the engine computes with, or None
+        under tensor parallelism, where each worker holds shards and replicas that a sum over
+        the workers would miscount; there the log-prob probe alone checks the sync."""
+        if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:
+            if not self._warned_no_fingerprint:
+                logger.warning("tensor_parallel_size > 1: the weight sync is checked by the "
+                               "log-prob probe only (no exact fingerprint)")
+                self._warned_no_fingerprint = True
+            return None
+        self._wake(["weights"])
+        return self.llm.collective_rpc(_fingerprint_on_worker)[0]
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory; idempotent. In process, the engine core's
+        shutdown frees the worker's model and KV cache, undoes vLLM's gc.freeze() (without which
+        the engine's objects are never collected) and tears down the distributed state it set
+        up (a later engine would otherwise see torch.distributed initialised and start out of
+        process); out of process, it stops the engine-core process."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _wake(self, tags: list[str] | None = None) -> None:
         wake = [t for t in (tags or ["weights", "kv_cache"]) if t in self._asleep]

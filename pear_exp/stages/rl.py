@@ -19,11 +19,18 @@ Per step s = 1..rl.steps:
      The policy's log-probs are taken at the sampling temperature (the policy that sampled is
      softmax(logits / T)). With epochs = 1 the "old" policy is the current one (ratio = 1 and
      the clip never binds); with epochs > 1 it is a no-grad pass before the first update.
-  6. Push the new weights to the engine and run the parity probe: the engine's and the
-     trainer's log-probs on a fixed probe batch; a difference above rollout.sync_tolerance stops
-     the run rather than train on stale weights. An engine that generates with the trainer's own
-     model object (the hf engine) cannot hold stale weights: it is probed after the first update
-     of the run only (the probe is a generate and a forward pass: a few % of every step).
+  6. Push the new weights to the engine and check the sync; a failed check stops the run rather
+     than train on stale weights. Staleness is checked exactly: the vLLM engine's workers
+     fingerprint the weights they compute with (float64 sums per decoder layer, embedding, norm
+     and LM head; pear_exp.rollout) and these must equal the same sums of the trainer's weights
+     cast to the engine's dtype; a skipped or partial sync names the groups that differ (also
+     checked after the first push, before step 1). Then a probe measures log-prob drift: the
+     engine's and the trainer's log-probs (trainer forward under autocast to the engine's dtype)
+     on a fixed probe batch, logged as sync_logprob_diff_mean / _max; a mean above
+     rollout.sync_tolerance stops the run (what no bf16 rounding reaches: a wrong model, kernel
+     or config). An engine that generates with the trainer's own model object (the hf engine)
+     needs no fingerprint and is probed after the first update of the run only (the probe is a
+     generate and a forward pass: a few % of every step).
   7. Every eval_every steps: held-out greedy accuracy and sampled pass@1.
 
 Deviations from the GRPO paper (DeepSeekMath) worth knowing: no KL by default (kl_coef = 0, as
@@ -48,9 +55,15 @@ from tqdm.auto import tqdm
 from pear_exp import checkpoint
 from pear_exp.config import ParallelStrategy, Precision, RLConfig
 from pear_exp.distributed import World, clip_grad_norm
+from pear_exp.errors import FiniteGuard, RunStopped
 from pear_exp.losses import aggregation_coefficients, group_advantages, grpo_token_loss
 from pear_exp.models import TokenLogProbs, decoder_layers, end_of_turn_ids, prompt_ids
-from pear_exp.rollout import RolloutEngine, sync_logprob_diff
+from pear_exp.rollout import (
+    RolloutEngine,
+    fingerprint_mismatch,
+    sync_logprob_diff,
+    trainer_fingerprint,
+)
 from pear_exp.stages.sft import collate, lr_lambda
 from pear_exp.tasks.base import Problem
 
@@ -182,7 +195,7 @@ def train_grpo(
     for _ in range(start * cfg.prompts_per_step):  # the data position
         next(stream)
     stops = end_of_turn_ids(tokenizer)
-    probe = [prompt_ids(tokenizer, p.prompt, system_prompt) for p in train_problems[:8]]
+    probe_prompts = [prompt_ids(tokenizer, p.prompt, system_prompt) for p in train_problems[:8]]
 
     def push_weights() -> None:
         """The policy's weights into the engine (rank 0); every rank takes part under FSDP."""
@@ -193,8 +206,35 @@ def train_grpo(
         if world.is_main:
             engine.sync_weights(engine_model)
 
+    def check_sync(where: str, probe: bool) -> dict[str, float]:
+        """Step 6 (module docstring) on rank 0; every rank stops together."""
+        found, problem = {}, None
+        if world.is_main:
+            fingerprint = getattr(engine, "weight_fingerprint", None)
+            held = fingerprint() if fingerprint else None
+            if held is not None:
+                stale = fingerprint_mismatch(held, trainer_fingerprint(engine_model, engine.dtype))
+                if stale:
+                    problem = (f"the rollout engine's weights differ from the trainer's in "
+                               f"{', '.join(stale)}: the weight sync was skipped or partial")
+            if problem is None and probe:
+                mean, worst = sync_logprob_diff(
+                    engine, engine_model, probe_prompts, temperature=cfg.temperature,
+                    stop_token_ids=stops, pad_id=pad_id, dtype=getattr(engine, "dtype", None))
+                found = {"sync_logprob_diff_mean": mean, "sync_logprob_diff_max": worst}
+                if not mean <= sync_tolerance:
+                    problem = (f"the rollout engine's log-probs differ from the trainer's by "
+                               f"{mean:.4g} on average (max {worst:.4g}) > "
+                               f"rollout.sync_tolerance={sync_tolerance}")
+        found, problem = world.broadcast((found, problem))
+        if problem:
+            raise RunStopped(f"{where}: after the weight sync {problem}; refusing to train on "
+                             f"stale weights")
+        return found
+
     metrics: dict[str, float] = {}
     push_weights()
+    check_sync("rl start", probe=False)
     # the hf engine generates with engine_model itself: probed once (module docstring, step 6)
     shares_model = world.is_main and getattr(engine, "model", None) is engine_model
     probed = False
@@ -219,23 +259,14 @@ def train_grpo(
         }
         if batch.rows:
             model.train()
+            guard = FiniteGuard("rl", step, checkpoint_dir)  # a nan / inf stops before any save
             metrics.update(update(policy, reference, optimizer, schedule, params, batch, cfg,
-                                  device, pad_id, world))
+                                  device, pad_id, world, guard))
+            guard.check_weights(model, world)  # before the engine or a checkpoint gets them
             push_weights()
             model.eval()
-            diff = None
-            if world.is_main and not (probed and shares_model):
-                diff = sync_logprob_diff(engine, engine_model, probe, temperature=cfg.temperature,
-                                         stop_token_ids=stops, pad_id=pad_id)
-                probed = True
-            diff = world.broadcast(diff)  # every rank stops together
-            if diff is not None:
-                metrics["sync_logprob_diff"] = diff
-            if diff is not None and not diff <= sync_tolerance:
-                raise RuntimeError(
-                    f"rl step {step}: after the weight sync the rollout engine's log-probs differ "
-                    f"from the trainer's by {diff:.4g} > rollout.sync_tolerance={sync_tolerance}; "
-                    f"refusing to train on stale weights")
+            metrics.update(check_sync(f"rl step {step}", probe=not (probed and shares_model)))
+            probed = True
         metrics["step_seconds"] = time.perf_counter() - started
         log(metrics, step)
         if world.is_main and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
@@ -252,7 +283,8 @@ def train_grpo(
 
 
 def update(policy, reference, optimizer, schedule, params, batch: RolloutBatch, cfg: RLConfig,
-           device, pad_id: int, world: World) -> dict[str, float]:
+           device, pad_id: int, world: World, guard: FiniteGuard | None = None
+           ) -> dict[str, float]:
     """`cfg.epochs` optimizer steps on one rollout batch; returns the update's diagnostics.
 
     policy / reference: TokenLogProbs modules (policy possibly wrapped by DDP / FSDP)."""
@@ -272,7 +304,7 @@ def update(policy, reference, optimizer, schedule, params, batch: RolloutBatch, 
                 if reference is not None:
                     mb["ref"] = reference(ids, attn, cfg.temperature)[0].cpu()
     started = time.perf_counter()
-    for _ in range(cfg.epochs):
+    for epoch in range(cfg.epochs):
         sums = dict.fromkeys(("loss", "clipped", "kl", "tis", "entropy", "tokens"), 0.0)
         for k, mb in enumerate(micro):
             dev = {key: v.to(device) if torch.is_tensor(v) else v for key, v in mb.items()}
@@ -282,7 +314,8 @@ def update(policy, reference, optimizer, schedule, params, batch: RolloutBatch, 
                                               cfg.temperature, entropy=True)
                 old = dev["old"] if "old" in dev else logp.detach()
                 loss_tok, stats = grpo_token_loss(
-                    logp, old, dev["advantages"], clip_low=cfg.clip_low, clip_high=cfg.clip_high,
+                    logp, old, dev["advantages"], mask=dev["loss_mask"],
+                    clip_low=cfg.clip_low, clip_high=cfg.clip_high,
                     engine_logprobs=dev["behavior_logprobs"], tis_cap=cfg.tis_cap,
                     ref_logprobs=dev.get("ref"), kl_coef=cfg.kl_coef,
                 )
@@ -297,6 +330,9 @@ def update(policy, reference, optimizer, schedule, params, batch: RolloutBatch, 
                     sums[key] += (stats[key] * mask).sum().item()
             sums["entropy"] += (entropy * mask).sum().item()
         grad_norm = clip_grad_norm(params, cfg.grad_clip)
+        if guard is not None:  # the loss summed over the ranks and the global norm: all stop
+            guard.check({"loss": world.sum([sums["loss"]])[0], "gradient norm": grad_norm},
+                        f", epoch {epoch + 1}" if cfg.epochs > 1 else "")
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)

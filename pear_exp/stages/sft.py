@@ -19,6 +19,7 @@ Weighting `none` is plain SFT (W = mask); the tiny models are pretrained with th
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -31,11 +32,19 @@ from tqdm.auto import tqdm
 from pear_exp import checkpoint
 from pear_exp.config import Normalization, Precision, SFTConfig, WeightingConfig, WeightLevel
 from pear_exp.distributed import World, clip_grad_norm
+from pear_exp.errors import FiniteGuard
 from pear_exp.losses import weighted_nll_sum
 from pear_exp.models import TokenLogProbs, decoder_layers
 from pear_exp.weighting import pear_weights, pear_weights_with_stats
 
 Row = dict  # input_ids: list[int], loss_mask: list[int], behavior_logprobs: list[float]
+logger = logging.getLogger(__name__)  # Hydra's job logging: the console and the run's log file
+
+# PEAR weight health, judged on each logged step's stats and reported once (weight_health).
+FLOOR_FRAC_WARN = 0.5  # "most" loss tokens at W = exp(L_lo) ~ 4.5e-5: they no longer train
+ESS_WARN = 0.1  # (sum W)^2 / (N sum W^2): under 0.1 the step's gradient rests on < 10% of its
+# tokens (Kish's effective sample size; a 10x variance inflation); a 16k-token trace whose
+# policies match exactly already gets 0.12 from the discount gamma = 0.999 alone
 
 
 def length_grouped_batches(
@@ -146,6 +155,7 @@ def train_sft(
                           and weighting.target_temperature != 1.0 else None)
     metrics: dict[str, float] = {}
     window = {"tokens": 0, "seconds": 0.0}
+    warned = False  # weight health: once per stage run
     bar = tqdm(range(start, cfg.steps), desc=desc, leave=False, initial=start, total=cfg.steps,
                disable=not world.is_main)
     for step in bar:
@@ -182,18 +192,24 @@ def train_sft(
             totals["weight"] += weights.sum().item()
         totals = dict(zip(totals, world.sum(list(totals.values()))))  # over all ranks
         norm = totals["tokens"] if weighting.normalization == Normalization.tokens else totals["weight"]
+        loss = totals["num"] / max(norm, 1e-12)
         for p in params:  # DDP / FSDP averaged over the ranks: the objective is their sum / N
             if p.grad is not None:
                 p.grad.div_(max(norm, 1e-12) / world.size)
         grad_norm = clip_grad_norm(params, cfg.grad_clip)
+        # a nan / inf stops the run before it reaches the weights or a checkpoint; the loss sums
+        # and the gradient norm are the same on every rank, so every rank stops here together
+        guard = FiniteGuard(desc, step + 1, checkpoint_dir)  # desc: "sft", or tiny pretraining
+        guard.check({"loss": loss, "gradient norm": grad_norm})
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        guard.check_weights(model, world)  # finite inputs can still overflow a weight
         window["tokens"] += totals["tokens"]
         window["seconds"] += time.perf_counter() - started
         if logging_step:
             metrics = {
-                "loss": totals["num"] / max(norm, 1e-12),
+                "loss": loss,
                 "nll": totals["nll"] / max(totals["tokens"], 1),
                 "lr": schedule.get_last_lr()[0],
                 "grad_norm": grad_norm,
@@ -202,6 +218,10 @@ def train_sft(
             }
             if stats_parts:  # PEAR diagnostics over this rank's share of the step
                 metrics.update(weight_stats_over(stats_parts, weighting))
+                problem = None if warned else weight_health(metrics, weighting)
+                if problem and world.is_main:
+                    logger.warning(f"sft step {step + 1}: {problem}")
+                warned = warned or problem is not None
             log(metrics, step + 1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             window = {"tokens": 0, "seconds": 0.0}
@@ -221,3 +241,32 @@ def weight_stats_over(parts, cfg: WeightingConfig) -> dict[str, float]:
     policy, behavior, mask = (torch.cat([pad(p[k]) for p in parts]) for k in range(3))
     weights, stats = pear_weights_with_stats(policy, behavior, mask, **weighting_kwargs(cfg))
     return {**stats, "weight_hist": weights[mask.bool()]}  # the tensor becomes a histogram
+
+
+def weight_health(stats: dict, cfg: WeightingConfig) -> str | None:
+    """What is wrong with a step's PEAR weights (most loss tokens at the log-weight floor, or a
+    collapsed ESS) and what to check; None when neither."""
+    floor, ess = stats["log_weight_floor_frac"], stats["weight_ess"]
+    found = []
+    if floor > FLOOR_FRAC_WARN:
+        found.append(f"{floor:.0%} of the loss tokens sit at the log-weight floor (log G clipped "
+                     f"at log_weight_clip[0]={cfg.log_weight_clip[0]:g}: weight "
+                     f"{math.exp(cfg.log_weight_clip[0]):.1e})")
+    if ess < ESS_WARN:
+        found.append(f"the weights' effective sample size is {ess:.1%} of the loss tokens")
+    if not found:
+        return None
+    # deltas at delta_clip[0] sum to the floor after this many tokens (1e-9: float division)
+    reach = (math.ceil(cfg.log_weight_clip[0] / cfg.delta_clip[0] - 1e-9)
+             if cfg.delta_clip[0] < 0 else None)
+    return (
+        "PEAR weights: " + " and ".join(found) + f" (mean p - b per token "
+        f"{stats['delta_mean']:.3g}). Check: behavior.temperature and behavior.top_p against "
+        f"weighting.target_temperature={cfg.target_temperature:g} (b_t must be the teacher's "
+        "log-prob at the temperature p_t uses, without a nucleus: top_p < 1 biases p - b low); "
+        "that teacher and student tokenizers align (a mean p - b of several nats says they do "
+        "not); the response lengths against the clips"
+        + (f" (delta_clip[0]={cfg.delta_clip[0]:g} reaches the floor after {reach} tokens)"
+           if reach else "")
+        + "; `plan=true` flags such settings. Reported once."
+    )
