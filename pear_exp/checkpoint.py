@@ -8,7 +8,10 @@ is the step itself: the stages rebuild their seeded data streams and skip the co
 Model and optimizer states are stored unsharded and keyed by parameter name
 (torch.distributed.checkpoint's full state dicts), so a run can resume with another number of
 processes or another parallel strategy. Under several processes every rank takes part in
-gathering the state (a collective) and rank 0 writes it; on resume every rank reads it.
+gathering the state (a collective) and rank 0 writes it. On resume every rank memory-maps the
+file (torch.load(mmap=True)) rather than reading it: pages are read as the state is copied into
+the model and optimizer, and the ranks of a node share them through the page cache instead of
+each holding a private copy (48 GB a rank for the 4B preset).
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def load(directory: Path, module, optimizer, scheduler, world: World) -> int:
     path = world.broadcast(latest(directory))  # the same checkpoint on every rank
     if path is None:
         return 0
-    state = torch.load(path / "state.pt", weights_only=False)
+    # Mapped copy-on-write (MAP_PRIVATE): writes to restored tensors never reach the file.
+    state = torch.load(path / "state.pt", weights_only=False, mmap=True)
     world.load_full_state(module, state["model"], optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.random.set_rng_state(state["torch_rng"])

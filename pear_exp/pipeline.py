@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import closing
 from pathlib import Path
 
 import datasets
@@ -107,19 +108,23 @@ def run_behavior(cfg: Config, out: Path, train_problems, task) -> None:
         teacher = None
         if cfg.rollout.engine == Engine.hf:
             teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
-        engine = make_engine(cfg, teacher_path, teacher_tok, teacher)
-        rows, stats = behavior.sample_from_teacher(engine, teacher_tok, student_tok,
-                                                   train_problems, task, b, system, cfg.seed)
+        with closing(make_engine(cfg, teacher_path, teacher_tok, teacher)) as engine:
+            rows, stats = behavior.sample_from_teacher(engine, teacher_tok, student_tok,
+                                                       train_problems, task, b, system, cfg.seed)
     else:
         if not b.dataset:
             raise behavior.DataError("behavior.source=dataset needs behavior.dataset=<JSONL or id>")
         teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+        _, eval_problems = split(cfg.task)  # the run's (as run() has): kept out of training
         rows, stats = behavior.score_dataset(teacher, teacher_tok, student_tok, b.dataset, b,
-                                             cfg.rollout.batch_size, system)
+                                             cfg.rollout.batch_size, system,
+                                             eval_problems=eval_problems)
     _, meta = behavior.finish(rows, stats, b, cfg.teacher.name, out)
     console.print(f"behavior: kept {meta['kept']} of {meta['samples']} examples"
                   + (f" (teacher accuracy {meta['teacher_accuracy']:.3f})"
-                     if "teacher_accuracy" in meta else ""))
+                     if "teacher_accuracy" in meta else "")
+                  + (f" (removed {meta['eval_removed']} rows that hold evaluation problems)"
+                     if "eval_removed" in meta else ""))
 
 
 def save_trained(world: World, path: Path, model, tokenizer) -> None:
@@ -175,13 +180,17 @@ def run_rl(cfg: Config, out: Path, start: str, train_problems, eval_problems, ta
     reference = None
     if cfg.rl.kl_coef > 0:  # the SFT policy, also when resuming from a later checkpoint
         reference = models.load_model(start, cfg.model.dtype, cfg.model.trust_remote_code)
-    rl.train_grpo(model, tokenizer, engine, train_problems, task, cfg.rl, seed=cfg.seed,
-                  system_prompt=cfg.task.system_prompt,
-                  sync_tolerance=cfg.rollout.sync_tolerance,
-                  log=lambda m, step: tracker.log("rl", m, step), evaluate=evaluate_now,
-                  log_samples=lambda rows, step: tracker.table(f"rl/samples_step_{step}", rows),
-                  checkpoint_dir=out / "checkpoints", reference=reference, world=world,
-                  engine_model=engine_model)
+    try:
+        rl.train_grpo(model, tokenizer, engine, train_problems, task, cfg.rl, seed=cfg.seed,
+                      system_prompt=cfg.task.system_prompt,
+                      sync_tolerance=cfg.rollout.sync_tolerance,
+                      log=lambda m, step: tracker.log("rl", m, step), evaluate=evaluate_now,
+                      log_samples=lambda rows, step: tracker.table(f"rl/samples_step_{step}", rows),
+                      checkpoint_dir=out / "checkpoints", reference=reference, world=world,
+                      engine_model=engine_model)
+    finally:  # its memory back before saving and evaluating, also when RL stops
+        if engine is not None:
+            engine.close()
     save_trained(world, out / "model", model, tokenizer)
 
 
@@ -194,10 +203,11 @@ def run_evaluate(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
             results[label] = json.loads((target / "results.json").read_text())
             continue
         tokenizer = models.load_tokenizer(path, cfg.model)
-        summary, rows = evaluate.evaluate_model(
-            make_engine(cfg, path, tokenizer), tokenizer, eval_problems, task, cfg.evaluate,
-            system_prompt=cfg.task.system_prompt, seed=cfg.seed, label=label,
-        )
+        with closing(make_engine(cfg, path, tokenizer)) as engine:  # one engine per checkpoint
+            summary, rows = evaluate.evaluate_model(
+                engine, tokenizer, eval_problems, task, cfg.evaluate,
+                system_prompt=cfg.task.system_prompt, seed=cfg.seed, label=label,
+            )
         evaluate.save(summary, rows, target)
         tracker.summary({f"eval/{cfg.task.name}/{label}/{k}": v for k, v in summary.items()})
         tracker.table(f"eval/{cfg.task.name}/{label}/problems", rows)

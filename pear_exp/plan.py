@@ -375,12 +375,20 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
                                                  b.max_new_tokens,
                                                  cfg.task.num_train * b.samples_per_prompt))
         elif teacher.params is not None and teacher.arch is not None:
-            weights = teacher.params * dtype_bytes(cfg.teacher.dtype)
-            lp = logprob_bytes(r.batch_size * cfg.sft.max_seq_len, teacher.arch.vocab_size)
+            # teacher-forced scoring (stages/behavior.py): micro-batches of at most SCORE_TOKENS
+            # padded tokens (or one row), no gradient: one layer's tensors live at a time, and
+            # log-probs from the hidden states SCORE_CHUNK positions at a time
+            from pear_exp.stages.behavior import SCORE_CHUNK, SCORE_TOKENS
+
+            arch, b = teacher.arch, dtype_bytes(cfg.teacher.dtype)
+            tokens = max(min(SCORE_TOKENS, r.batch_size * cfg.sft.max_seq_len), cfg.sft.max_seq_len)
+            weights = teacher.params * b
+            forward = tokens * (4 * arch.hidden_size + 3 * arch.intermediate_size) * b
+            lp = logprob_bytes(tokens, arch.vocab_size, SCORE_CHUNK)
             rows.append(Row("behavior", "teacher weights", [weights] * len(worlds)))
-            rows.append(Row("behavior", "teacher logits", [lp] * len(worlds),
-                            f"scoring {r.batch_size} sequences at a time"))
-            rows.append(Row("behavior", "total", [weights + lp] * len(worlds)))
+            rows.append(Row("behavior", "scoring forward", [forward + lp] * len(worlds),
+                            f"{tokens} tokens at a time, log-probs in chunks of {SCORE_CHUNK}"))
+            rows.append(Row("behavior", "total", [weights + forward + lp] * len(worlds)))
     if Stage.sft in stages:
         s = cfg.sft
         _, totals = trainer_rows("sft", s.micro_batch_size, s.max_seq_len,

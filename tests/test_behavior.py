@@ -14,7 +14,9 @@ from pear_exp.models import build_char_tokenizer, prompt_ids, response_ids
 from pear_exp.rollout.hf import HFEngine
 from pear_exp.stages import behavior
 from pear_exp.stages.behavior import DataError, make_row, validate_rows
+from pear_exp.tasks.base import Problem
 from pear_exp.tasks.countdown import Countdown
+from pear_exp.tasks.math import INSTRUCTION
 
 
 def teacher_forced(model, row, temperature=1.0):
@@ -66,7 +68,8 @@ def test_scoring_an_existing_dataset_is_teacher_forced(model, tokenizer, tmp_pat
     path.write_text("\n".join(json.dumps({"prompt": f"Make {i} from 1 2 3", "response": "1+2=3"})
                               for i in range(3)))
     cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(path), temperature=1.5)
-    rows, _ = behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None)
+    rows, _ = behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None,
+                                     eval_problems=[])
     assert len(rows) == 3
     for row in rows:
         assert row["input_ids"][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -80,10 +83,12 @@ def test_scoring_refuses_missing_columns_and_top_p(model, tokenizer, tmp_path):
     path.write_text(json.dumps({"question": "x", "response": "y"}))
     cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(path))
     with pytest.raises(DataError, match=r"bad.jsonl: missing column\(s\) \['prompt'\]"):
-        behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None)
+        behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None,
+                               eval_problems=[])
     cfg.top_p = 0.9
     with pytest.raises(DataError, match="top_p"):
-        behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None)
+        behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None,
+                               eval_problems=[])
 
 
 def test_teacher_with_another_tokenizer_is_refused(model, tokenizer):
@@ -121,3 +126,86 @@ def test_missing_column_and_overlong_rows_are_refused(tokenizer):
                       None, 256, "d")
     with pytest.raises(DataError, match="row 0 .* exceeds sft.max_seq_len=10"):
         validate_rows(Dataset.from_list(rows), tokenizer, None, 10, "d")
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring a dataset: evaluation problems removed (issue 12, 2.3), bounded micro-batches (2.7)
+
+
+def write_jsonl(path, prompts, response="1+2=3"):
+    path.write_text("\n".join(json.dumps({"prompt": p, "response": response}) for p in prompts))
+    return path
+
+
+def test_scoring_removes_evaluation_problems_and_counts_them(model, tokenizer, tmp_path):
+    aime = Problem("aime/1", f"Find the number of pairs $(a, b)$.\n{INSTRUCTION}", "7")
+    game = Problem("countdown/1", "Make 15 from 3 7 12", "12-7=5")
+    prompts = [
+        "Find the number of pairs $(a, b)$.",                                # bare problem text
+        f"find the number  of pairs $(a,b)$.\n\n{INSTRUCTION}",              # whitespace and case
+        "Solve this. Find the number of pairs $(a, b)$. Box the answer.",   # wrapped
+        "MAKE 15 FROM 3 7 12",
+        "Find the number of triples $(a, b, c)$.",                           # kept from here on
+        "Make 16 from 3 7 12",
+        "Make 15 from 3 7 11",
+    ]
+    path = write_jsonl(tmp_path / "data.jsonl", prompts)
+    cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(path))
+    rows, stats = behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 8, None,
+                                         eval_problems=[aime, game])
+    assert [r["prompt"] for r in rows] == prompts[4:]
+    assert stats == {"samples": 7, "kept": 3, "eval_removed": 4}
+    behavior.finish(rows, stats, cfg, "t", tmp_path)
+    assert json.loads((tmp_path / "meta.json").read_text())["eval_removed"] == 4
+
+
+def test_pipeline_passes_the_evaluation_problems_to_scoring(tokenizer, tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pear_exp import pipeline
+    from pear_exp.__main__ import CONF_DIR
+    from pear_exp.config import register_configs
+    from pear_exp.tasks import make_task, split
+    from tests.conftest import make_tiny_model
+
+    make_tiny_model(tokenizer).save_pretrained(tmp_path / "tiny")
+    tokenizer.save_pretrained(tmp_path / "tiny")
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose(config_name="config", overrides=[
+            "+experiment=smoke", f"model.path={tmp_path / 'tiny'}",
+            f"teacher.path={tmp_path / 'tiny'}", "behavior.source=dataset",
+            f"behavior.dataset={tmp_path / 'data.jsonl'}"]))
+    train, held_out = split(cfg.task)
+    write_jsonl(tmp_path / "data.jsonl", [p.prompt for p in held_out[:3] + train[:5]])
+    pipeline.run_behavior(cfg, tmp_path / "behavior", train, make_task(cfg.task))
+    meta = json.loads((tmp_path / "behavior" / "meta.json").read_text())
+    assert (meta["samples"], meta["kept"], meta["eval_removed"]) == (8, 5, 3)
+    assert "removed 3 rows that hold evaluation problems" in capsys.readouterr().out
+
+
+def test_scoring_runs_in_micro_batches_within_the_token_budget(model, tokenizer, tmp_path):
+    prompts = [f"Make {i} from 1 2 3" for i in range(7)]
+    responses = ["1+2=3" * k for k in (1, 9, 2, 5, 1, 7, 3)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p, "response": r})
+                              for p, r in zip(prompts, responses)))
+    shapes = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True)
+    cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(path), temperature=0.8)
+    try:
+        rows, _ = behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 3, None,
+                                         eval_problems=[], max_tokens=100)
+    finally:
+        hook.remove()
+    lengths = [len(r["input_ids"]) for r in rows]
+    assert sum(n for n, _ in shapes) == 7 and len(shapes) > 2
+    for n, width in shapes:
+        assert n <= 3 and (n * width <= 100 or n == 1)
+    assert max(lengths) > 100 / 2  # some rows do not fit twice into the budget
+    for row in rows:
+        torch.testing.assert_close(torch.tensor(row["behavior_logprobs"]),
+                                   teacher_forced(model, row, 0.8), atol=1e-4, rtol=1e-4)

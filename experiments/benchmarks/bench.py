@@ -113,11 +113,11 @@ def countdown_data(s: Settings, out_dir: Path):
 
 
 def behavior_rows(teacher, tokenizer, jsonl: Path) -> list[dict]:
-    """The behavior stage's teacher-forced scoring of a prompt/response file (batches of 512,
-    the rollout.batch_size default it uses in the pipeline)."""
+    """The behavior stage's teacher-forced scoring of a prompt/response file (at most 512 rows,
+    the rollout.batch_size default it uses in the pipeline, and SCORE_TOKENS tokens a batch)."""
     cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(jsonl))
     return score_dataset(teacher, tokenizer, tokenizer, str(jsonl), cfg, batch_size=512,
-                         system_prompt=None)[0]
+                         system_prompt=None, eval_problems=[])[0]
 
 
 def sft_config(s: Settings, steps: int) -> SFTConfig:

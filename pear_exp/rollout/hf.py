@@ -1,8 +1,13 @@
 """Rollout engine on transformers' generate (batched, KV cache): CPU runs and tests.
 
+Only the configured temperature and top_p shape sampling. transformers fills every generation
+setting a call leaves unset from the checkpoint's generation_config.json (an Instruct checkpoint
+ships repetition_penalty, top_k, min_p ...), so generate runs with a blank generation_config in
+place of the model's, and temperature and top-p are applied by our own processors.
+
 The log-prob recorded for each sampled token is that of the distribution that actually sampled it:
-generate's processed scores (after temperature and top-p) put through log_softmax. top_k is
-switched off explicitly, since a checkpoint's generation_config may default to top_k=50.
+the processed scores (after temperature and top-p) put through log_softmax. A processor that runs
+last gathers it step by step, so memory holds one step's (batch, vocab) scores, never all of them.
 """
 
 from __future__ import annotations
@@ -10,9 +15,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import (
+    GenerationConfig, LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from pear_exp.rollout import Completion
+
+
+class SampledLogProbs(LogitsProcessor):
+    """The last processor: each call gathers the log-prob of the token sampled at the previous step
+    (the last column of input_ids) under that step's processed scores, then keeps only the current
+    step's scores. The final token's is gathered by `finish` once generate returns."""
+
+    def __init__(self):
+        self.logprobs: list[torch.Tensor] = []  # (batch,) per step
+        self.last: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.last is not None:
+            self._gather(input_ids[:, -1])
+        self.last = scores
+        return scores
+
+    def _gather(self, tokens: torch.Tensor) -> None:
+        logp = F.log_softmax(self.last.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        self.logprobs.append(logp.cpu())
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """(batch, steps) log-probs, given the tokens sampled at the last step."""
+        self._gather(last_tokens)
+        self.last = None
+        return torch.stack(self.logprobs, dim=1)
 
 
 class HFEngine:
@@ -48,18 +82,22 @@ class HFEngine:
         # Sort by length so each batch pads little; results are put back in order.
         order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
         sampled = temperature > 0
+        # Everything else at its neutral value: nothing is inherited from the checkpoint, whose
+        # generation_config is swapped out below; top_k off (the global default is 50).
         gen_cfg = GenerationConfig(
-            do_sample=sampled,
-            temperature=temperature if sampled else None,
-            top_p=top_p if sampled else None,
-            top_k=0 if sampled else None,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=stop_token_ids,
+            do_sample=sampled, temperature=1.0, top_p=1.0, top_k=0 if sampled else None,
+            max_new_tokens=max_new_tokens, eos_token_id=stop_token_ids,
             pad_token_id=self.tokenizer.pad_token_id,
-            output_scores=True,
-            return_dict_in_generate=True,
         )
+        # Our own warpers, so that the recorder can run after them (generate puts the warpers
+        # it builds itself after any processor passed in).
+        warpers = []
+        if sampled and temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if sampled and top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p))
         was_training = self.model.training
+        checkpoint_defaults = self.model.generation_config
         self.model.eval()
         generator_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
@@ -67,19 +105,21 @@ class HFEngine:
         results: list[Completion | None] = [None] * len(flat)
         stops = set(stop_token_ids)
         try:
+            self.model.generation_config = GenerationConfig()  # blank: global defaults only
             for start in tqdm(range(0, len(order), self.batch_size), desc=desc, leave=False):
                 idx = order[start : start + self.batch_size]
                 width = max(len(flat[i]) for i in idx)
                 pad = self.tokenizer.pad_token_id
                 ids = torch.tensor([[pad] * (width - len(flat[i])) + flat[i] for i in idx])
                 attn = torch.tensor([[0] * (width - len(flat[i])) + [1] * len(flat[i]) for i in idx])
+                recorder = SampledLogProbs()
                 out = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=attn.to(device), generation_config=gen_cfg
+                    input_ids=ids.to(device), attention_mask=attn.to(device),
+                    generation_config=gen_cfg,
+                    logits_processor=LogitsProcessorList([*warpers, recorder]),
                 )
-                new = out.sequences[:, width:].cpu()  # (batch, steps)
-                scores = torch.stack(out.scores, dim=1).float()  # (batch, steps, vocab), processed
-                logp = torch.gather(F.log_softmax(scores, -1), -1, new.to(scores.device).unsqueeze(-1))
-                logp = logp.squeeze(-1).cpu()
+                logp = recorder.finish(out[:, -1])  # (batch, steps)
+                new = out[:, width:].cpu()
                 for row, i in enumerate(idx):
                     toks = new[row].tolist()
                     end = next((k + 1 for k, t in enumerate(toks) if t in stops), None)
@@ -88,5 +128,11 @@ class HFEngine:
                     results[i] = Completion(toks[:end], logp[row, :end].tolist(), reason)
         finally:
             torch.random.set_rng_state(generator_state)
+            self.model.generation_config = checkpoint_defaults
             self.model.train(was_training)
         return [results[k * n : (k + 1) * n] for k in range(len(prompts))]
+
+    def close(self) -> None:
+        """Drop the reference to the model: all the engine holds (in RL the model is the
+        trainer's own, which lives on)."""
+        self.model = None

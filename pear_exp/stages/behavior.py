@@ -7,7 +7,11 @@ Two sources (behavior.source):
   each token, i.e. after temperature and top-p.
 - dataset: an existing prompt/response dataset (a JSONL file or a datasets id) is scored by the
   teacher in one teacher-forced pass at behavior.temperature. top_p < 1 is refused there: a
-  response token outside the nucleus would have probability 0.
+  response token outside the nucleus would have probability 0. Rows whose prompt holds the text of
+  an evaluation problem are removed first (meta.json counts them as eval_removed), as the
+  training problems of the teacher path exclude them. The pass runs in micro-batches of at most
+  SCORE_TOKENS padded tokens, with log-probs taken from the hidden states SCORE_CHUNK positions
+  at a time, so memory does not grow with the vocabulary times the batch.
 
 Either way the stored token ids are the student's: the prompt goes through the student's chat
 template and the teacher must share the student's tokenizer (a mismatch is an error, never
@@ -25,19 +29,24 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import torch
 from datasets import Dataset, load_dataset
 from tqdm.auto import tqdm
 
 from pear_exp.config import BehaviorConfig
-from pear_exp.losses import token_logprobs
-from pear_exp.models import end_of_turn_ids, prompt_ids, response_ids
+from pear_exp.models import TokenLogProbs, end_of_turn_ids, prompt_ids, response_ids
 from pear_exp.rollout import RolloutEngine
 from pear_exp.stages.sft import collate
 from pear_exp.tasks.base import Problem
+from pear_exp.tasks.math import INSTRUCTION, normalize_text
 
 COLUMNS = ("problem_id", "prompt", "response", "input_ids", "loss_mask", "behavior_logprobs")
+# Teacher-forced scoring: padded tokens per forward pass, and LM-head positions at a time (one
+# (SCORE_CHUNK, vocab) float32 block: 156 MB at a 152k vocabulary).
+SCORE_TOKENS = 16_384
+SCORE_CHUNK = 256
 
 
 class DataError(ValueError):
@@ -89,10 +98,36 @@ def sample_from_teacher(engine: RolloutEngine, teacher_tok, student_tok, problem
     return rows, stats
 
 
+def problem_text(prompt: str) -> str:
+    """A problem's normalised text, for finding it inside other prompts: the math tasks' prompts
+    end with INSTRUCTION, which a dataset's prompt may or may not repeat, so it is left out."""
+    return normalize_text(prompt.strip().removesuffix(INSTRUCTION))
+
+
+def micro_batches(rows: list[dict], max_rows: int, max_tokens: int) -> Iterator[list[dict]]:
+    """Rows sorted by length, grouped so that a group's padded size (rows x its longest row) stays
+    within max_tokens (a longer row goes alone) and it has at most max_rows rows."""
+    batch: list[dict] = []
+    for row in sorted(rows, key=lambda r: len(r["input_ids"])):
+        if batch and (len(batch) == max_rows
+                      or (len(batch) + 1) * len(row["input_ids"]) > max_tokens):
+            yield batch
+            batch = []
+        batch.append(row)
+    if batch:
+        yield batch
+
+
 @torch.no_grad()
 def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorConfig,
-                  batch_size: int, system_prompt: str | None) -> tuple[list[dict], dict]:
-    """Teacher-forced behavior log-probs for an existing prompt/response dataset."""
+                  batch_size: int, system_prompt: str | None, *,
+                  eval_problems: Sequence[Problem],
+                  max_tokens: int = SCORE_TOKENS) -> tuple[list[dict], dict]:
+    """Teacher-forced behavior log-probs for an existing prompt/response dataset.
+
+    A row whose normalised prompt contains the text of one of `eval_problems` (problem_text) is
+    removed: exact copies, and the problem wrapped in other instructions. Forward passes take at
+    most batch_size rows and max_tokens padded tokens."""
     check_same_tokenizer(teacher_tok, student_tok)
     if cfg.top_p < 1.0:
         raise DataError("behavior.top_p < 1 cannot score existing data: tokens outside the "
@@ -104,27 +139,33 @@ def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorC
     missing = [c for c in ("prompt", "response") if c not in data.column_names]
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; found {data.column_names}")
-    rows = []
+    held_out = {problem_text(p.prompt) for p in eval_problems} - {""}
+    rows, removed = [], 0
     for i, ex in enumerate(data):
         if not isinstance(ex["prompt"], str) or not isinstance(ex["response"], str):
             raise DataError(f"{source}: row {i}: prompt and response must be strings")
+        text = normalize_text(ex["prompt"])
+        if any(h in text for h in held_out):
+            removed += 1
+            continue
         p = prompt_ids(student_tok, ex["prompt"], system_prompt)
         rows.append(make_row(str(ex.get("id", i)), ex["prompt"], ex["response"], p,
                              response_ids(student_tok, ex["response"]), []))
     teacher.eval()
+    scorer = TokenLogProbs(teacher, chunk_size=SCORE_CHUNK)  # never (batch, seq, vocab) logits
     device = next(teacher.parameters()).device
-    for start in tqdm(range(0, len(rows), batch_size), desc="behavior: teacher scoring", leave=False):
-        chunk = rows[start : start + batch_size]
+    batches = list(micro_batches(rows, batch_size, max_tokens))
+    for chunk in tqdm(batches, desc="behavior: teacher scoring", leave=False):
         batch = collate(chunk, student_tok.pad_token_id)
-        logits = teacher(input_ids=batch["input_ids"].to(device),
-                         attention_mask=batch["attention_mask"].to(device)).logits
-        logp = token_logprobs(logits, batch["input_ids"].to(device), cfg.temperature).cpu()
+        logp, _, _ = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                            temperature=cfg.temperature)
+        logp = logp.cpu()
         for k, row in enumerate(chunk):
             n = len(row["input_ids"])
             row["behavior_logprobs"] = [
                 float(v) if m else 0.0 for v, m in zip(logp[k, :n].tolist(), row["loss_mask"])
             ]
-    return rows, {"samples": len(rows), "kept": len(rows)}
+    return rows, {"samples": len(data), "kept": len(rows), "eval_removed": removed}
 
 
 def validate_rows(data, tokenizer, system_prompt: str | None, max_seq_len: int, name: str) -> None:
