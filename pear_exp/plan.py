@@ -43,7 +43,8 @@ one micro-batch (micro_batch_size x sequence length), W the world size.
   vLLM engine        reserves gpu_memory_utilization x GPU memory on each of its
                      tensor_parallel_size GPUs: weights P*e/tp (e = 2 for bf16 serving), the rest
                      is KV cache at 2*L*k*2 bytes per token (/tp)
-  hf engine          weights P*b plus a KV cache (model.dtype) for rollout.batch_size
+  hf engine          weights P*b (none in RL, where it generates with the trainer's own model)
+                     plus a KV cache (model.dtype) for rollout.batch_size
                      full-length sequences
 Rank 0 runs the rollout engine next to its trainer process (pear_exp/distributed.py), so the RL
 row adds the engine's reservation to the trainer's memory: that is the busiest GPU.
@@ -321,9 +322,12 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
                             f"holds {v['sequences']:.0f} sequences of {seq} tokens at once"))
             return [v["reserved"]] * len(worlds)
         weights = plan.params * dtype_bytes(model_cfg.dtype)
+        note = ""
+        if stage == "rl":  # the hf engine generates with the trainer's own model object (the
+            weights, note = 0, "the trainer's own (counted above)"  # fsdp copy: its own row)
         batch = min(r.batch_size, max(sequences, 1))
         kv = kv_bytes_per_token(plan.arch, dtype_bytes(model_cfg.dtype)) * seq * batch
-        rows.append(Row(stage, f"hf {plan.label} weights", [weights] * len(worlds)))
+        rows.append(Row(stage, f"hf {plan.label} weights", [weights] * len(worlds), note))
         rows.append(Row(stage, "hf KV cache", [kv] * len(worlds), f"{batch} sequences x {seq} tokens"))
         return [weights + kv] * len(worlds)
 

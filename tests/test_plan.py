@@ -199,6 +199,24 @@ def test_rl_row_adds_the_engine_unless_it_sleeps():
         assert rl["total"] == (max(update, state + engine) if sleep else update + engine)
 
 
+def test_the_hf_engine_in_rl_is_the_trainers_own_model():
+    """RL through the hf engine generates with the trainer's model object: only its KV cache
+    adds to the update (a lent H200 measured 75.3 GiB for aime_qwen3's RL step against 90.4
+    GiB planned while the weights were counted twice; experiments/gpu_check)."""
+    cfg = typed(["+experiment=aime_qwen2_5", "rollout=hf"])
+    student = plan.model_plan("student", cfg.model)
+    rows = plan.memory_rows(cfg, student, plan.model_plan("teacher", cfg.teacher),
+                            80 * plan.GiB, [1])
+    rl = {r.term: r.per_world[0] for r in rows if r.stage == "rl"}
+    assert rl["hf student weights"] == 0
+    update = rl["weights"] + rl["grads"] + rl["AdamW states"] + rl["activations"] + rl["log-probs"]
+    # KV cache: 2 (k, v) x 28 layers x 2 kv heads x 128 x 4 bytes (fp32) per token, for the
+    # 64 x 8 rollouts of prompt budget (4096 - 3072) + 3072 tokens
+    kv = 2 * 28 * 2 * 128 * 4 * (1024 + 3072) * 512
+    assert rl["hf KV cache"] == kv
+    assert rl["total"] == update + kv
+
+
 def test_a_local_config_json_wins_over_the_preset(tmp_path):
     from transformers import Qwen2Config
 
