@@ -9,8 +9,9 @@ PEAR-weighted SFT, GRPO and evaluation through the hf engine; then GRPO and eval
 the same SFT checkpoint through vLLM in the preset's engine dtype (bf16 engine, fp32 trainer) at
 tensor_parallel_size 1. The SFT data teaches parity answers "\\boxed{0|1}" to noise models, so
 RL sees rewards that are not all equal and really updates, and the weight sync is checked on
-real-shape weights (logic_games' knights-and-knaves puzzles stay unsolvable: it keeps uniform
-groups, so its update is zero but the sync and its checks still run).
+real-shape weights. logic_games keeps its knights-and-knaves task, which noise cannot solve: its
+groups are kept but its update is zero, and it runs with the hf engine only (its models are
+aime_qwen3's, which run through vLLM already).
 """
 
 import json
@@ -72,8 +73,10 @@ def test_preset_end_to_end_on_standins(experiment, cache, tmp_path):
         "behavior.top_p=1.0",  # scoring existing data needs the full distribution
         # noise models learn the answer format in a dozen steps; one micro-batch per step
         "sft.lr=5e-3", "sft.steps=12", "sft.micro_batch_size=8", "rl.micro_batch_size=16",
-        "rl.lr=1e-4",
-        "rollout.tensor_parallel_size=1",
+        "rl.lr=1e-4", "rl.group_size=8",  # 8 groups of 8: some with both rewards
+        # noise until then: the base checkpoint writes every generation to its cap
+        "rl.max_new_tokens=32", "evaluate.max_new_tokens=32", "evaluate.num_samples=2",
+        "task.num_eval=2", "rollout.tensor_parallel_size=1",
     ]
     if experiment == "logic_games":
         common += ["rl.skip_uniform_groups=false"]
@@ -93,6 +96,8 @@ def test_preset_end_to_end_on_standins(experiment, cache, tmp_path):
         assert any(r["rl/kept_frac"] > 0 for r in rl)  # rewards not all equal: a real update
         assert changed(hf_dir / "sft" / "model", hf_dir / "rl" / "model") > 0
 
+    if experiment == "logic_games":
+        return  # its models run through vLLM in aime_qwen3 already; its task is what it adds
     # vLLM: GRPO and evaluation from the same SFT checkpoint, bf16 engine over an fp32 trainer
     vllm_dir = tmp_path / "vllm"
     for stage in ("behavior", "sft"):
@@ -101,11 +106,12 @@ def test_preset_end_to_end_on_standins(experiment, cache, tmp_path):
                   "stages=[rl,evaluate]"], cache, tmp_path)
     rl = records(vllm_dir, "rl")
     assert len(rl) == 2
+    # the exact fingerprint passed after every sync (it stops the run otherwise) and the
+    # matched-precision drift stayed under rollout.sync_tolerance
     synced = [r for r in rl if "rl/sync_logprob_diff_mean" in r]
-    assert synced, "the weight sync was never checked"
-    if experiment != "logic_games":
-        assert any(r["rl/kept_frac"] > 0 for r in rl)
-        assert changed(vllm_dir / "sft" / "model", vllm_dir / "rl" / "model") > 0
+    assert synced and all(r["rl/sync_logprob_diff_mean"] <= 0.25 for r in synced)
+    assert any(r["rl/kept_frac"] > 0 for r in rl)
+    assert changed(vllm_dir / "sft" / "model", vllm_dir / "rl" / "model") > 0
     assert set(json.loads((vllm_dir / "summary.json").read_text())) == {"base", "sft", "rl"}
 
 

@@ -64,12 +64,12 @@ def test_a_bf16_engine_holds_exactly_the_trainers_weights_cast_to_bf16(engine, s
     new = perturbed(served, seed=3)  # float32 values that bf16 must round
     try:
         engine.sync_weights(new)
-        held = engine.weight_fingerprint()
+        held, dtypes = engine.weight_fingerprint()
         assert sorted(held) == ["lm_head", "model.embed_tokens", "model.layers.0",
                                 "model.layers.1", "model.norm"]
         # vLLM's loader (copy_ into its bf16 parameters, then packed for the CPU kernels)
         # rounds exactly as the trainer-side cast does: equal sums, not merely close...
-        assert fingerprint_mismatch(held, trainer_fingerprint(new, torch.bfloat16)) == []
+        assert fingerprint_mismatch(held, trainer_fingerprint(new, torch.bfloat16, dtypes)) == []
         # ...and the rounding shows: against the float32 values every group differs
         fp32 = weight_fingerprint(new.named_parameters(remove_duplicate=False))
         assert set(fingerprint_mismatch(held, fp32)) == set(held)
@@ -135,3 +135,35 @@ def test_a_bf16_engine_with_an_fp32_trainer_does_not_stop(engine, served, tokeni
     for m in logged:  # measured in matched precision and logged, far below the tolerance
         assert 0 < m["sync_logprob_diff_mean"] <= m["sync_logprob_diff_max"]
         assert m["sync_logprob_diff_mean"] < tolerance / 5
+
+
+def test_qwen2_biases_are_held_in_float32_by_the_cpu_engine_and_checked_so(tokenizer, tmp_path):
+    """Found on the Qwen2-shaped stand-ins (tests/test_real_shape.py): vLLM's CPU backend keeps
+    the q/k/v biases it packs in float32 beside bfloat16 weights, and a sync loads them
+    unrounded, so a fingerprint that cast them to bfloat16 called every trained layer stale."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=128, max_position_embeddings=256,
+        tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)).eval()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    engine = VLLMEngine(str(tmp_path), tokenizer, max_model_len=256, dtype="bfloat16",
+                        kv_cache_memory_bytes=256 << 20)
+    try:
+        with torch.no_grad():  # trained biases: float32 values that bfloat16 would round
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.add_(0.01 * torch.randn_like(p))
+        engine.sync_weights(model)
+        held, dtypes = engine.weight_fingerprint()
+        assert dtypes["model.layers.0:bias"] == "torch.float32"
+        assert dtypes["model.layers.0:weight"] == "torch.bfloat16"
+        assert fingerprint_mismatch(held, trainer_fingerprint(model, torch.bfloat16, dtypes)) == []
+        assert fingerprint_mismatch(held, trainer_fingerprint(model, torch.bfloat16)) == [
+            "model.layers.0", "model.layers.1"]  # casting the biases to bf16 is wrong here
+    finally:
+        engine.close()

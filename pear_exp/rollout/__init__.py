@@ -73,11 +73,32 @@ def weight_fingerprint(named_tensors: Iterable[tuple[str, torch.Tensor]],
     return {key: total.tolist() for key, total in sums.items()}
 
 
-def trainer_fingerprint(model, dtype: torch.dtype) -> dict[str, list[float]]:
-    """The fingerprint an engine in `dtype` holding `model`'s weights must have. A tied LM head
-    counts under lm_head too (remove_duplicate=False): the engine's LM head is a module of its
-    own, and on CPU it computes with its own packed copy, which must have been refreshed."""
-    return weight_fingerprint(model.named_parameters(remove_duplicate=False), dtype)
+def _kind(name: str) -> str:
+    """'model.layers.3.self_attn.q_proj.bias' -> 'model.layers.3:bias' (fusion-independent)."""
+    return f"{fingerprint_group(name)}:{name.rpartition('.')[2]}"
+
+
+def stored_dtypes(named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
+    """{'model.layers.3:bias': 'torch.float32', ...}: the dtype an engine holds each kind of
+    tensor of each group in, where it differs from the engine's dtype."""
+    return {_kind(name): str(t.dtype) for name, t in named_tensors}
+
+
+def trainer_fingerprint(model, dtype: torch.dtype,
+                        stored: dict[str, str] | None = None) -> dict[str, list[float]]:
+    """The fingerprint an engine in `dtype` holding `model`'s weights must have; `stored` (from
+    the engine) names tensors it holds in another dtype, each then cast to that one (vLLM's CPU
+    backend keeps packed biases in float32 and loads them unrounded). A tied LM head counts
+    under lm_head too (remove_duplicate=False): the engine's LM head is a module of its own, and
+    on CPU it computes with its own packed copy, which must have been refreshed."""
+    stored = stored or {}
+    named = model.named_parameters(remove_duplicate=False)
+    sums: dict[str, list[float]] = {}
+    for name, tensor in named:
+        cast = getattr(torch, stored.get(_kind(name), str(dtype)).removeprefix("torch."))
+        for key, total in weight_fingerprint([(name, tensor)], cast).items():
+            sums[key] = [a + b for a, b in zip(sums[key], total)] if key in sums else total
+    return sums
 
 
 def fingerprint_mismatch(engine: dict[str, list[float]], trainer: dict[str, list[float]],

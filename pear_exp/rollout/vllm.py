@@ -109,15 +109,17 @@ def _reload_weights_from_file(worker, path: str) -> None:
 
 
 @torch.no_grad()
-def _fingerprint_on_worker(worker) -> dict[str, list[float]]:
+def _fingerprint_on_worker(worker) -> tuple[dict[str, list[float]], dict[str, str]]:
     """Runs on each vLLM worker: the fingerprint (pear_exp.rollout) of the weights it computes
-    with. Every module holding a tensor counts it, as trainer_fingerprint does for a tied head."""
+    with, and the dtype each kind of tensor is held in (the CPU backend keeps the biases it packs
+    in float32, beside bfloat16 weights). Every module holding a tensor counts it, as
+    trainer_fingerprint does for a tied head."""
     from vllm.model_executor.layers.vocab_parallel_embedding import (
         ParallelLMHead,
         VocabParallelEmbedding,
     )
 
-    from pear_exp.rollout import weight_fingerprint
+    from pear_exp.rollout import stored_dtypes, weight_fingerprint
 
     def computed(module, name: str, param: torch.Tensor) -> torch.Tensor:
         # The CPU backend packs each linear weight (and the LM head) for its GEMM kernel and
@@ -131,11 +133,10 @@ def _fingerprint_on_worker(worker) -> dict[str, list[float]]:
         return module.cpu_linear(torch.eye(k, dtype=param.dtype), param, None)
 
     model = worker.model_runner.get_model()
-    return weight_fingerprint(
-        (f"{prefix}.{name}", computed(module, name, param))
-        for prefix, module in model.named_modules()
-        for name, param in module.named_parameters(recurse=False)
-    )
+    held = [(f"{prefix}.{name}", computed(module, name, param))
+            for prefix, module in model.named_modules()
+            for name, param in module.named_parameters(recurse=False)]
+    return weight_fingerprint(held), stored_dtypes(held)
 
 
 class VLLMEngine:
@@ -212,8 +213,9 @@ class VLLMEngine:
         """The dtype the engine holds its weights in (rl.py casts the trainer's to it)."""
         return self.llm.llm_engine.model_config.dtype
 
-    def weight_fingerprint(self) -> dict[str, list[float]] | None:
-        """The fingerprint (pear_exp.rollout) of the weights the engine computes with, or None
+    def weight_fingerprint(self) -> tuple[dict[str, list[float]], dict[str, str]] | None:
+        """The fingerprint (pear_exp.rollout) of the weights the engine computes with and the
+        dtypes it holds them in (for trainer_fingerprint), or None
         under tensor parallelism, where each worker holds shards and replicas that a sum over
         the workers would miscount; there the log-prob probe alone checks the sync."""
         if self.llm.llm_engine.vllm_config.parallel_config.world_size > 1:

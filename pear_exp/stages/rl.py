@@ -213,7 +213,9 @@ def train_grpo(
             fingerprint = getattr(engine, "weight_fingerprint", None)
             held = fingerprint() if fingerprint else None
             if held is not None:
-                stale = fingerprint_mismatch(held, trainer_fingerprint(engine_model, engine.dtype))
+                sums, dtypes = held
+                stale = fingerprint_mismatch(sums, trainer_fingerprint(engine_model, engine.dtype,
+                                                                       dtypes))
                 if stale:
                     problem = (f"the rollout engine's weights differ from the trainer's in "
                                f"{', '.join(stale)}: the weight sync was skipped or partial")
