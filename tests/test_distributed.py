@@ -60,6 +60,7 @@ def test_two_processes_train_like_one(single, strategy, tmp_path):
     assert_same_training(single, torch.load(path, weights_only=False))
 
 
+@pytest.mark.slow  # tens of seconds: the slow tier (CI runs it)
 def test_pipeline_with_two_ranks_matches_a_single_process(tmp_path):
     """`torchrun -m pear_exp` (FSDP) and a 2-task submitit job (DDP): rank 0 samples, evaluates
     and writes, both ranks train; the checkpoints equal the single-process ones and the run
@@ -92,6 +93,7 @@ def test_pipeline_with_two_ranks_matches_a_single_process(tmp_path):
     assert json.loads((tmp_path / "two" / "summary.json").read_text()).keys() == summary_one.keys()
 
 
+@pytest.mark.slow  # tens of seconds: the slow tier (CI runs it)
 @pytest.mark.vllm
 def test_vllm_engine_inside_a_torchrun_job(single, tmp_path):
     """Rank 0's vLLM engine runs out of process (it must not join the trainers' process group)

@@ -47,6 +47,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow  # tens of seconds: the slow tier (CI runs it)
 def test_closing_engines_keeps_memory_flat_and_not_closing_does_not(tokenizer, tmp_path):
     make_tiny_model(tokenizer).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")

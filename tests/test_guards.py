@@ -286,6 +286,7 @@ cli()
 """
 
 
+@pytest.mark.slow  # tens of seconds: the slow tier (CI runs it)
 def test_the_command_stops_with_the_message_and_the_same_command_resumes(tmp_path):
     run_dir = tmp_path / "run"
     args = ["+experiment=smoke", "logger=none", "stages=[behavior,sft]", "sft.checkpoint_every=2",

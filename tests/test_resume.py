@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from safetensors.torch import load_file
 
 ARGS = ["+experiment=smoke", "logger=none", "deterministic=true", "sft.steps=60", "sft.checkpoint_every=5",
@@ -53,6 +54,7 @@ def final_records(run_dir):
     return last
 
 
+@pytest.mark.slow  # tens of seconds: the slow tier (CI runs it)
 def test_kill_during_sft_and_rl_then_resume_matches_an_uninterrupted_run(tmp_path):
     cache = tmp_path / "cache"
     whole = tmp_path / "whole"

@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.wandb_log import history, records
 
 
+@pytest.mark.slow  # tens of seconds: the slow tier (CI runs it)
 def test_offline_wandb_run_holds_config_metrics_and_tables(tmp_path):
     run_dir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
