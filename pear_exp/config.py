@@ -207,17 +207,27 @@ class RolloutConfig:
     engine: Engine = Engine.hf
     batch_size: int = 512  # sequences per generate call (hf)
     # vLLM only:
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = 1  # the teacher's engine (behavior sampling)
+    # Engines serving the student (RL rollouts, evaluation); null: tensor_parallel_size. At 1
+    # the weight sync is checked exactly (a fingerprint, stages/rl.py step 6); above 1 by the
+    # log-prob probe alone.
+    policy_tensor_parallel_size: Optional[int] = None
     gpu_memory_utilization: float = 0.5
     dtype: str = "auto"
     max_model_len: int = 4096
     enable_sleep_mode: bool = False  # GPU: free the engine's memory while the trainer steps
     # After each weight sync (stages/rl.py, step 6) the engine's weights are checked exactly
     # (fingerprint); then the mean |engine - trainer| log-prob on a fixed probe batch, with the
-    # trainer in the engine's dtype, must not exceed this. bf16 holds a logit below 64 to within
-    # 0.125, which moves a log-prob by at most 0.25: more is a wrong model, kernel or config, not
-    # rounding (measured: bf16 rounding 0.02-0.05 at logits of 30, another model 0.8).
+    # trainer in the engine's dtype, must not exceed this: an empirical margin (measured: bf16
+    # rounding 0.02-0.05 at logits of 30, another model 0.8; bf16 holds a logit below 64 to
+    # within 0.125, about 0.25 of log-prob at temperature 1, more at lower temperatures).
     sync_tolerance: float = 0.25
+
+    def engine_tensor_parallel(self, policy: bool) -> int:
+        """GPUs of the engine serving the student (`policy`) or the teacher."""
+        if policy and self.policy_tensor_parallel_size is not None:
+            return self.policy_tensor_parallel_size
+        return self.tensor_parallel_size
 
 
 @dataclass

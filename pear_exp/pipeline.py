@@ -49,8 +49,10 @@ def mark_done(stage_dir: Path) -> None:
     (stage_dir / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
 
 
-def make_engine(cfg: Config, path: str, tokenizer, model=None) -> RolloutEngine:
-    """The configured rollout engine serving the checkpoint at `path` (or `model`, for hf)."""
+def make_engine(cfg: Config, path: str, tokenizer, model=None, *,
+                policy: bool = True) -> RolloutEngine:
+    """The configured rollout engine serving the checkpoint at `path` (or `model`, for hf):
+    the student's (`policy`) or the teacher's, each at its own tensor parallelism."""
     if cfg.rollout.engine == Engine.hf:
         if model is None:
             model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
@@ -58,7 +60,8 @@ def make_engine(cfg: Config, path: str, tokenizer, model=None) -> RolloutEngine:
     from pear_exp.rollout.vllm import VLLMEngine
 
     r = cfg.rollout
-    return VLLMEngine(path, tokenizer, tensor_parallel_size=r.tensor_parallel_size,
+    return VLLMEngine(path, tokenizer,
+                      tensor_parallel_size=r.engine_tensor_parallel(policy),
                       gpu_memory_utilization=r.gpu_memory_utilization, dtype=r.dtype,
                       max_model_len=r.max_model_len, enable_sleep_mode=r.enable_sleep_mode,
                       seed=cfg.seed)
@@ -77,19 +80,19 @@ def behavior_key(cfg: Config) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def run_behavior_shared(cfg: Config, out: Path, train_problems, task) -> None:
+def run_behavior_shared(cfg: Config, out: Path, train_problems, eval_problems, task) -> None:
     """run_behavior, or a copy of the same data sampled earlier by another run (behavior.reuse):
     a weighting sweep samples its teacher once per seed, not once per weighting. The shared copy
     is written whole and renamed into place, so a killed or concurrent job never leaves half."""
     if not cfg.behavior.reuse:
-        return run_behavior(cfg, out, train_problems, task)
+        return run_behavior(cfg, out, train_problems, eval_problems, task)
     shared = Path(cfg.cache_dir).expanduser() / "behavior" / f"{cfg.teacher.name}-{behavior_key(cfg)}"
     if done(shared):
         console.print(f"behavior: reusing the data sampled earlier in {shared}")
     else:
         tmp = shared.with_name(f".tmp-{shared.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        run_behavior(cfg, tmp, train_problems, task)
+        run_behavior(cfg, tmp, train_problems, eval_problems, task)
         mark_done(tmp)
         try:
             os.rename(tmp, shared)
@@ -98,7 +101,7 @@ def run_behavior_shared(cfg: Config, out: Path, train_problems, task) -> None:
     shutil.copytree(shared, out, dirs_exist_ok=True)
 
 
-def run_behavior(cfg: Config, out: Path, train_problems, task) -> None:
+def run_behavior(cfg: Config, out: Path, train_problems, eval_problems, task) -> None:
     teacher_path = models.resolve_path(cfg.teacher, cfg.task, cfg.cache_dir)
     teacher_tok = models.load_tokenizer(teacher_path, cfg.teacher)
     student_tok = models.load_tokenizer(student_path(cfg), cfg.model)
@@ -108,14 +111,14 @@ def run_behavior(cfg: Config, out: Path, train_problems, task) -> None:
         teacher = None
         if cfg.rollout.engine == Engine.hf:
             teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
-        with closing(make_engine(cfg, teacher_path, teacher_tok, teacher)) as engine:
+        with closing(make_engine(cfg, teacher_path, teacher_tok, teacher,
+                                 policy=False)) as engine:
             rows, stats = behavior.sample_from_teacher(engine, teacher_tok, student_tok,
                                                        train_problems, task, b, system, cfg.seed)
     else:
         if not b.dataset:
             raise behavior.DataError("behavior.source=dataset needs behavior.dataset=<JSONL or id>")
         teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
-        _, eval_problems = split(cfg.task)  # the run's (as run() has): kept out of training
         rows, stats = behavior.score_dataset(teacher, teacher_tok, student_tok, b.dataset, b,
                                              cfg.rollout.batch_size, system,
                                              eval_problems=eval_problems)
@@ -260,7 +263,8 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
     try:
         if pending(Stage.behavior):
             if world.is_main:
-                run_behavior_shared(cfg, run_dir / "behavior", train_problems, task)
+                run_behavior_shared(cfg, run_dir / "behavior", train_problems, eval_problems,
+                                    task)
                 mark_done(run_dir / "behavior")
             world.barrier()
         if pending(Stage.sft):

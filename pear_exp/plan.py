@@ -312,12 +312,14 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
             return [0] * len(worlds)
         seq = prompt_budget(cfg) + max_new
         if r.engine == Engine.vllm:
-            v = vllm_bytes(plan.params, engine_element_bytes(cfg, model_cfg),
-                           r.tensor_parallel_size, r.gpu_memory_utilization, gpu_bytes,
-                           kv_bytes_per_token(plan.arch), seq)
-            fits = "" if v["weights"] < v["reserved"] else " DOES NOT FIT: raise tensor_parallel_size"
+            policy = plan.label == "student"
+            tp = r.engine_tensor_parallel(policy)
+            key = "policy_tensor_parallel_size" if policy else "tensor_parallel_size"
+            v = vllm_bytes(plan.params, engine_element_bytes(cfg, model_cfg), tp,
+                           r.gpu_memory_utilization, gpu_bytes, kv_bytes_per_token(plan.arch), seq)
+            fits = "" if v["weights"] < v["reserved"] else f" DOES NOT FIT: raise rollout.{key}"
             rows.append(Row(stage, f"vLLM {plan.label} weights", [v["weights"]] * len(worlds),
-                            f"tp={r.tensor_parallel_size}{fits}"))
+                            f"tp={tp}{fits}"))
             rows.append(Row(stage, "vLLM KV cache", [v["kv_cache"]] * len(worlds),
                             f"holds {v['sequences']:.0f} sequences of {seq} tokens at once"))
             return [v["reserved"]] * len(worlds)

@@ -43,7 +43,11 @@ CONF_MODEL_DIR = Path(__file__).resolve().parent.parent / "conf" / "model"
 class Checkpoint:
     """What a real checkpoint ships that the preset does not carry: config.json's rope theta and
     special token ids, and generation_config.json (which transformers' generate would apply to
-    every field a caller leaves unset). Values as published with each checkpoint on the hub."""
+    every field a caller leaves unset). Values of each checkpoint's published config.json /
+    generation_config.json as this project knows them (issue 12 quotes Qwen2.5-Instruct's); not
+    re-read here: the hub cannot be reached from this project's machines. The Qwen2.5
+    checkpoints' own chat template adds a default system message that the Qwen3 template used
+    here (pear_exp.hub_tokenizers) does not."""
 
     tokenizer: str  # a key of hub_tokenizers.TOKENIZERS
     rope_theta: float

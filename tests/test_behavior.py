@@ -148,13 +148,14 @@ def test_scoring_removes_evaluation_problems_and_counts_them(model, tokenizer, t
         "Find the number of triples $(a, b, c)$.",                           # kept from here on
         "Make 16 from 3 7 12",
         "Make 15 from 3 7 11",
+        "Make 15 from 3 7 123",  # a longer number is another problem (word boundaries)
     ]
     path = write_jsonl(tmp_path / "data.jsonl", prompts)
     cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(path))
     rows, stats = behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 8, None,
                                          eval_problems=[aime, game])
     assert [r["prompt"] for r in rows] == prompts[4:]
-    assert stats == {"samples": 7, "kept": 3, "eval_removed": 4}
+    assert stats == {"samples": 8, "kept": 4, "eval_removed": 4}
     behavior.finish(rows, stats, cfg, "t", tmp_path)
     assert json.loads((tmp_path / "meta.json").read_text())["eval_removed"] == 4
 
@@ -179,7 +180,7 @@ def test_pipeline_passes_the_evaluation_problems_to_scoring(tokenizer, tmp_path,
             f"behavior.dataset={tmp_path / 'data.jsonl'}"]))
     train, held_out = split(cfg.task)
     write_jsonl(tmp_path / "data.jsonl", [p.prompt for p in held_out[:3] + train[:5]])
-    pipeline.run_behavior(cfg, tmp_path / "behavior", train, make_task(cfg.task))
+    pipeline.run_behavior(cfg, tmp_path / "behavior", train, held_out, make_task(cfg.task))
     meta = json.loads((tmp_path / "behavior" / "meta.json").read_text())
     assert (meta["samples"], meta["kept"], meta["eval_removed"]) == (8, 5, 3)
     assert "removed 3 rows that hold evaluation problems" in capsys.readouterr().out

@@ -199,6 +199,26 @@ def test_rl_row_adds_the_engine_unless_it_sleeps():
         assert rl["total"] == (max(update, state + engine) if sleep else update + engine)
 
 
+def test_the_students_engines_have_their_own_tensor_parallelism():
+    """The 32B teachers need 4 GPUs; the students' RL / evaluation engines run on one, where the
+    weight sync is fingerprinted exactly (rollout/vllm.py gives no fingerprint above 1)."""
+    cfg = typed(["+experiment=aime_qwen3"])
+    assert (cfg.rollout.engine_tensor_parallel(policy=False),
+            cfg.rollout.engine_tensor_parallel(policy=True)) == (4, 1)
+    rows = plan.memory_rows(cfg, plan.model_plan("student", cfg.model),
+                            plan.model_plan("teacher", cfg.teacher), 80 * plan.GiB, [1])
+    notes = {(r.stage, r.term): r.note for r in rows}
+    assert notes[("behavior", "vLLM teacher weights")] == "tp=4"
+    assert notes[("rl", "vLLM student weights")] == notes[("evaluate", "vLLM student weights")] \
+        == "tp=1"
+    # 4,022,468,096 parameters in bf16 on one GPU
+    weights = {(r.stage, r.term): r.per_world[0] for r in rows}
+    assert weights[("rl", "vLLM student weights")] == 4_022_468_096 * 2
+    # unset, the student's engines follow tensor_parallel_size
+    cfg = typed(["+experiment=aime_qwen3", "rollout.policy_tensor_parallel_size=null"])
+    assert cfg.rollout.engine_tensor_parallel(policy=True) == 4
+
+
 def test_the_hf_engine_in_rl_is_the_trainers_own_model():
     """RL through the hf engine generates with the trainer's model object: only its KV cache
     adds to the update (a lent H200 measured 75.3 GiB for aime_qwen3's RL step against 90.4

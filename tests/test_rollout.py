@@ -178,7 +178,8 @@ def instruct_like(tokenizer):
 @pytest.fixture(scope="module", params=["hf", pytest.param("vllm", marks=pytest.mark.vllm)])
 def instruct_engine(request, instruct_like, tokenizer, tmp_path_factory):
     if request.param == "hf":
-        return HFEngine(instruct_like, tokenizer, batch_size=4)
+        yield HFEngine(instruct_like, tokenizer, batch_size=4)
+        return
     pytest.importorskip("vllm", reason="vLLM is not installed (make install-vllm)")
     from pear_exp.rollout.vllm import VLLMEngine
 
@@ -186,7 +187,9 @@ def instruct_engine(request, instruct_like, tokenizer, tmp_path_factory):
     instruct_like.save_pretrained(path)  # writes generation_config.json
     tokenizer.save_pretrained(path)
     assert (path / "generation_config.json").exists()
-    return VLLMEngine(str(path), tokenizer, max_model_len=256, seed=0)
+    engine = VLLMEngine(str(path), tokenizer, max_model_len=256, seed=0)
+    yield engine
+    engine.close()
 
 
 def manual_greedy(model, prompt, max_new_tokens, stops):

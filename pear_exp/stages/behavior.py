@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -40,7 +42,7 @@ from pear_exp.models import TokenLogProbs, end_of_turn_ids, prompt_ids, response
 from pear_exp.rollout import RolloutEngine
 from pear_exp.stages.sft import collate
 from pear_exp.tasks.base import Problem
-from pear_exp.tasks.math import INSTRUCTION, normalize_text
+from pear_exp.tasks.math import INSTRUCTION
 
 COLUMNS = ("problem_id", "prompt", "response", "input_ids", "loss_mask", "behavior_logprobs")
 # Teacher-forced scoring: padded tokens per forward pass, and LM-head positions at a time (one
@@ -98,10 +100,21 @@ def sample_from_teacher(engine: RolloutEngine, teacher_tok, student_tok, problem
     return rows, stats
 
 
+_WORD_OR_SYMBOL = re.compile(r"\w+|[^\w\s]")
+
+
+def spaced_text(text: str) -> str:
+    """NFKC and lower case, as words and single symbols joined by one space and padded with one:
+    whitespace does not matter ("$(a,b)$" = "$(a, b)$") but word boundaries do, so one text found
+    inside another starts and ends on them ("make 15 from 1 2 3" is not inside "make 15 from 12
+    3 4", as it would be with the whitespace removed)."""
+    return " " + " ".join(_WORD_OR_SYMBOL.findall(unicodedata.normalize("NFKC", text).lower())) + " "
+
+
 def problem_text(prompt: str) -> str:
     """A problem's normalised text, for finding it inside other prompts: the math tasks' prompts
     end with INSTRUCTION, which a dataset's prompt may or may not repeat, so it is left out."""
-    return normalize_text(prompt.strip().removesuffix(INSTRUCTION))
+    return spaced_text(prompt.strip().removesuffix(INSTRUCTION))
 
 
 def micro_batches(rows: list[dict], max_rows: int, max_tokens: int) -> Iterator[list[dict]]:
@@ -139,12 +152,12 @@ def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorC
     missing = [c for c in ("prompt", "response") if c not in data.column_names]
     if missing:
         raise DataError(f"{source}: missing column(s) {missing}; found {data.column_names}")
-    held_out = {problem_text(p.prompt) for p in eval_problems} - {""}
+    held_out = {problem_text(p.prompt) for p in eval_problems} - {"  "}
     rows, removed = [], 0
     for i, ex in enumerate(data):
         if not isinstance(ex["prompt"], str) or not isinstance(ex["response"], str):
             raise DataError(f"{source}: row {i}: prompt and response must be strings")
-        text = normalize_text(ex["prompt"])
+        text = spaced_text(ex["prompt"])
         if any(h in text for h in held_out):
             removed += 1
             continue
