@@ -18,6 +18,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -223,7 +224,7 @@ def _cached(source: str, kind: str) -> bool:
         if kind == "model":
             return isinstance(huggingface_hub.try_to_load_from_cache(source, "config.json"), str)
         # datasets resolves a hub id from its own cache when offline: the same lookup, no network
-        with _patched(datasets.config, "HF_HUB_OFFLINE", True):
+        with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
             datasets.load_dataset_builder(*_dataset_parts(source))
         return True
     except Exception:
@@ -245,16 +246,6 @@ def _fetch(source: str, kind: str) -> tuple[str | None, bool]:
         return "not in the local cache, and the hub cannot be reached", False
     except Exception as err:  # no such repository, gated, invalid id, ...
         return f"{type(err).__name__}: {_first_line(err)}", True
-
-
-@contextlib.contextmanager
-def _patched(obj, name: str, value):
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
 
 
 def _first_line(err: BaseException, limit: int = 200) -> str:
