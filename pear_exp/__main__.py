@@ -19,7 +19,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pear_exp import distributed, errors
-from pear_exp.config import Config, ConfigValueError, register_configs
+import pear_exp.config as config_module
+from pear_exp.config import (
+    ROLLOUT_SCHEMAS,
+    TASK_SCHEMAS,
+    Config,
+    ConfigValueError,
+    RolloutConfig,
+    TaskConfig,
+    register_configs,
+)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -52,10 +61,17 @@ def check_override_keys(args: list[str]) -> None:
         schema: type | None = Config
         for depth, part in enumerate(parts):
             fields = {f.name: f for f in dataclasses.fields(schema)}
+            options = OPTION_SCHEMAS.get(schema, {})
+            if part not in fields and any(part in {f.name for f in dataclasses.fields(o)}
+                                          for o in options.values()):
+                break  # a key of one option (task.eval_set): composing checks it is the chosen one
             if part not in fields:
                 where = ".".join(parts[:depth]) or "the top level"
                 message = (f"error: unknown config key '{key}' in override '{arg}'.\n"
                            f"Valid keys at {where}: {', '.join(sorted(fields))}")
+                for option, option_schema in options.items():
+                    own = sorted({f.name for f in dataclasses.fields(option_schema)} - set(fields))
+                    message += f"\n  and in {option.value} options only: {', '.join(own)}"
                 if depth == 0:
                     message += f"\nConfig groups: {', '.join(groups)} (presets: +experiment=NAME)"
                 raise ConfigKeyError(message)
@@ -77,13 +93,21 @@ def check_values(args: list[str]) -> None:
         OmegaConf.to_object(dict_cfg)
     except ConfigValueError:
         raise
-    except Exception:
+    except Exception as err:
+        foreign = re.search(r"Key '(\w+)' not in '(\w+)'\s+full_key: ([\w.]+)", str(err.__cause__))
+        schema = getattr(config_module, foreign.group(2), None) if foreign else None
+        if schema in {s for options in OPTION_SCHEMAS.values() for s in options.values()}:
+            keys = ", ".join(sorted(f.name for f in dataclasses.fields(schema)))
+            raise ConfigKeyError(f"error: '{foreign.group(3)}' is not a key of the chosen option "
+                                 f"({schema.__name__}).\nValid keys: {keys}") from None
         return  # anything else (a misspelt option, a bad value type): Hydra reports it in main()
 
 
-def _dataclass_of(annotation) -> type | None:
-    import pear_exp.config as config_module
+# The groups whose options each have their own schema (a subclass of the field's type).
+OPTION_SCHEMAS = {TaskConfig: TASK_SCHEMAS, RolloutConfig: ROLLOUT_SCHEMAS}
 
+
+def _dataclass_of(annotation) -> type | None:
     name = str(annotation).replace("Optional[", "").rstrip("]")
     candidate = getattr(config_module, name, None)
     return candidate if dataclasses.is_dataclass(candidate) else None

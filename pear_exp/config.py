@@ -182,46 +182,81 @@ class TaskKind(Enum):
 
 @dataclass
 class TaskConfig:
+    """What every task kind has; each kind's own settings live in its subclass below, so a key of
+    another kind (`task=aime2025 task.num_numbers=5`) fails at compose time like a typo."""
+
     name: str = "countdown"  # label in metric names: eval/<name>/...
     kind: TaskKind = TaskKind.countdown
     num_train: int = 4000  # training prompts (behavior data is sampled for these)
     num_eval: int = 200  # held-out prompts, removed from training; 0 = the whole eval set
     data_seed: int = 0  # fixed split, independent of the run's seed
     system_prompt: Optional[str] = None
-    # countdown
+
+
+@dataclass
+class CountdownTaskConfig(TaskConfig):
+    """The tiny world's game (pear_exp/tasks/countdown.py)."""
+
+    kind: TaskKind = TaskKind.countdown
     num_numbers: int = 3
     min_value: int = 1
     max_value: int = 20
     max_target: int = 999
-    # math: a shipped set (aime2024, aime2025, math500), a JSONL path or a datasets id
-    eval_set: str = "math500"
+
+
+@dataclass
+class MathTaskConfig(TaskConfig):
+    """\\boxed{} answers graded by math-verify (pear_exp/tasks/math.py)."""
+
+    kind: TaskKind = TaskKind.math
+    eval_set: str = "math500"  # a shipped set (aime2024, aime2025, math500), a JSONL path or a datasets id
     train_set: Optional[str] = None
     grade_timeout: float = 5.0  # seconds per math-verify check, then it scores 0
-    # game: a reasoning-gym generator and its parameters
+
+
+@dataclass
+class GameTaskConfig(TaskConfig):
+    """Any reasoning-gym game and its generator's parameters (pear_exp/tasks/games.py)."""
+
+    kind: TaskKind = TaskKind.game
     game: Optional[str] = None
     game_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class RolloutConfig:
+    """What every engine has; each engine's own settings live in its subclass below."""
+
     engine: Engine = Engine.hf
-    batch_size: int = 512  # sequences per generate call (hf)
-    # vLLM only:
+    # Sequences per hf generate call, and per teacher-forced scoring batch of
+    # behavior.source=dataset (an hf forward whichever engine generates).
+    batch_size: int = 512
+    # After each weight sync (pear_exp/train/grpo.py, step 6) the engine's weights are checked
+    # exactly (fingerprint); then the mean |engine - trainer| log-prob on a fixed probe batch,
+    # with the trainer in the engine's dtype, must not exceed this: an empirical margin
+    # (measured: bf16 rounding 0.02-0.05 at logits of 30, another model 0.8; bf16 holds a logit
+    # below 64 to within 0.125, about 0.25 of log-prob at temperature 1, more below).
+    sync_tolerance: float = 0.25
+
+
+@dataclass
+class HFRolloutConfig(RolloutConfig):
+    """transformers generate on the trainer's own model object."""
+
+    engine: Engine = Engine.hf
+
+
+@dataclass
+class VLLMRolloutConfig(RolloutConfig):
+    engine: Engine = Engine.vllm
     tensor_parallel_size: int = 1  # the teacher's engine (behavior sampling)
     # Engines serving the student (RL rollouts, evaluation); null: tensor_parallel_size. At 1
-    # the weight sync is checked exactly (a fingerprint, stages/rl.py step 6); above 1 by the
-    # log-prob probe alone.
+    # the weight sync is checked exactly (a fingerprint); above 1 by the log-prob probe alone.
     policy_tensor_parallel_size: Optional[int] = None
     gpu_memory_utilization: float = 0.5
     dtype: str = "auto"
     max_model_len: int = 4096
     enable_sleep_mode: bool = False  # GPU: free the engine's memory while the trainer steps
-    # After each weight sync (stages/rl.py, step 6) the engine's weights are checked exactly
-    # (fingerprint); then the mean |engine - trainer| log-prob on a fixed probe batch, with the
-    # trainer in the engine's dtype, must not exceed this: an empirical margin (measured: bf16
-    # rounding 0.02-0.05 at logits of 30, another model 0.8; bf16 holds a logit below 64 to
-    # within 0.125, about 0.25 of log-prob at temperature 1, more at lower temperatures).
-    sync_tolerance: float = 0.25
 
     def engine_tensor_parallel(self, policy: bool) -> int:
         """GPUs of the engine serving the student (`policy`) or the teacher."""
@@ -362,5 +397,17 @@ class Config:
     plan: bool = False
 
 
+# The schema of each option of the task and rollout groups; conf/task/*.yaml and
+# conf/rollout/*.yaml name theirs first in their defaults list (`- /schema/task/math@_here_`).
+TASK_SCHEMAS = {TaskKind.countdown: CountdownTaskConfig, TaskKind.math: MathTaskConfig,
+                TaskKind.game: GameTaskConfig}
+ROLLOUT_SCHEMAS = {Engine.hf: HFRolloutConfig, Engine.vllm: VLLMRolloutConfig}
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="base_config", node=Config)
+    for kind, schema in TASK_SCHEMAS.items():
+        store.store(group="schema/task", name=kind.value, node=schema)
+    for engine, schema in ROLLOUT_SCHEMAS.items():
+        store.store(group="schema/rollout", name=engine.value, node=schema)

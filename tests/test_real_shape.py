@@ -76,7 +76,7 @@ def test_preset_end_to_end_on_standins(experiment, cache, tmp_path):
         "rl.lr=1e-4", "rl.group_size=8",  # 8 groups of 8: some with both rewards
         # noise until then: the base checkpoint writes every generation to its cap
         "rl.max_new_tokens=32", "evaluate.max_new_tokens=32", "evaluate.num_samples=2",
-        "task.num_eval=2", "rollout.tensor_parallel_size=1",
+        "task.num_eval=2",
     ]
     if experiment == "logic_games":
         common += ["rl.skip_uniform_groups=false"]
@@ -102,7 +102,8 @@ def test_preset_end_to_end_on_standins(experiment, cache, tmp_path):
     vllm_dir = tmp_path / "vllm"
     for stage in ("behavior", "sft"):
         shutil.copytree(hf_dir / stage, vllm_dir / stage)
-    run(common + ["rollout=vllm", "rollout.dtype=bfloat16", f"run_dir={vllm_dir}",
+    run(common + ["rollout=vllm", "rollout.dtype=bfloat16", "rollout.tensor_parallel_size=1",
+                  f"run_dir={vllm_dir}",
                   "stages=[rl,evaluate]"], cache, tmp_path)
     rl = records(vllm_dir, "rl")
     assert len(rl) == 2
