@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pear_exp import distributed, errors
+from pear_exp import errors, preflight
 import pear_exp.config as config_module
 from pear_exp.config import (
     ROLLOUT_SCHEMAS,
@@ -29,6 +29,9 @@ from pear_exp.config import (
     TaskConfig,
     register_configs,
 )
+from pear_exp.pipeline import run
+from pear_exp.plan import print_plan
+from pear_exp.train import distributed
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -118,13 +121,9 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(dict_cfg: DictConfig) -> dict:
-    from pear_exp.pipeline import run
-
     hydra_cfg = HydraConfig.get()
     cfg: Config = OmegaConf.to_object(dict_cfg)
     if cfg.plan:  # print what would run and what it needs; load, download, write nothing
-        from pear_exp.plan import print_plan
-
         print_plan(cfg, hydra_cfg.runtime.choices)
         return {}
     world = distributed.init(cfg.distributed)
@@ -144,7 +143,7 @@ def main(dict_cfg: DictConfig) -> dict:
                 + "\n".join(differences)
                 + "\nUse a new run_dir, or the recorded values to continue this run.")
     # hub ids that can be neither found in the cache nor fetched: one message, nothing written
-    missing = world.broadcast(errors.unavailable_sources(cfg, run_dir) if world.is_main else None)
+    missing = world.broadcast(preflight.unavailable_sources(cfg, run_dir) if world.is_main else None)
     if missing:
         distributed.shutdown()
         stop(errors.SourceUnavailable(missing))

@@ -16,7 +16,7 @@ How it is built. The tiktoken ranks are converted into a `tokenizers` BPE (vocab
 transformers' TikTokenConverter) and wrapped in the structure of Qwen's published tokenizer.json:
 NFC normalizer, Qwen's split regex + ByteLevel pre-tokenizer, ByteLevel decoder, no unk token.
 The conversion takes ~2 s, so the result (with the added tokens of each variant) is cached as a
-tokenizer.json under ~/.cache/pear_exp/tokenizers (override with $PEAR_EXP_TOKENIZER_CACHE or
+tokenizer.json under <cache root>/tokenizers ($PEAR_EXP_CACHE, default ~/.cache/pear_exp; or
 `cache_dir=`), written atomically and keyed by a hash of the ranks file and the added tokens;
 later loads read that file (~0.5 s).
 
@@ -57,12 +57,13 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer
 from transformers import PreTrainedTokenizerFast
+
+from pear_exp.files import atomic_write
 
 FORMAT_VERSION = 1  # bump when the cached JSON's recipe changes
 
@@ -206,8 +207,9 @@ R1_DISTILL_CHAT_TEMPLATE = (
 
 
 def default_cache_dir() -> Path:
-    path = os.environ.get("PEAR_EXP_TOKENIZER_CACHE", "~/.cache/pear_exp/tokenizers")
-    return Path(path).expanduser()
+    """<cache root>/tokenizers: the root every pear_exp cache shares ($PEAR_EXP_CACHE, the
+    default of the config's cache_dir)."""
+    return Path(os.environ.get("PEAR_EXP_CACHE", "~/.cache/pear_exp")).expanduser() / "tokenizers"
 
 
 def _qwen_ranks_file() -> Path:
@@ -253,20 +255,6 @@ def _convert_qwen_ranks(ranks_file: Path) -> str:
     return json.dumps(spec, ensure_ascii=False)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-@functools.lru_cache(maxsize=1)
 def _qwen_bpe_json(ranks_file: Path) -> str:
     return _convert_qwen_ranks(ranks_file)
 
@@ -290,7 +278,7 @@ def qwen_tokenizer_json(added: list[tuple[int, str, bool]] = QWEN_ADDED_TOKENS,
     for token_id, content, _ in added:  # ids are assigned in order: check they are the real ones
         if backend.token_to_id(content) != token_id:
             raise RuntimeError(f"{content} got id {backend.token_to_id(content)}, not {token_id}")
-    _atomic_write(path, backend.to_str())
+    atomic_write(path, backend.to_str())
     return path
 
 

@@ -1,20 +1,20 @@
-"""Model and tokenizer loading, and chat formatting.
+"""Model and tokenizer loading and saving, and chat formatting.
 
 One code path serves a real checkpoint (hub id or local directory) and the tiny world: a tiny
 model is built once by `pear_exp.tiny`, saved with save_pretrained into the cache, and from then on
-loaded exactly like a hub checkpoint with from_pretrained.
+loaded exactly like a hub checkpoint with from_pretrained (pear_exp.tiny.resolve_path says which
+directory a model config means).
 """
 
 from __future__ import annotations
 
-import string
+import os
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pear_exp.config import ModelConfig, TaskConfig
+from pear_exp.config import ModelConfig
 from pear_exp.errors import fetching
 
 # ChatML, the convention of Qwen2.5 / Qwen3 (without tools): the assistant turn ends with
@@ -25,32 +25,14 @@ CHATML_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 END_OF_TURN = "<|im_end|>"
-CHAT_ROLES = ["system", "user", "assistant"]
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer over printable ASCII plus ChatML's special tokens.
-
-    With a 152k vocabulary the LM head would dominate a tiny model's cost (ENVIRONMENT.md), so the
-    tiny world uses one token per character (3 special tokens + 100 printable characters), plus
-    the chat roles as whole tokens so that ChatML framing costs 8 tokens a turn, not 20.
-    """
-    chars = list(string.printable)  # digits, letters, punctuation, whitespace: 100 characters
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars + CHAT_ROLES)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    backend.add_tokens(CHAT_ROLES)  # matched before the per-character split
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token=END_OF_TURN,
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
+def default_device() -> torch.device:
+    """This process's GPU (LOCAL_RANK under torchrun) if there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
 
 
 def load_tokenizer(path: str, cfg: ModelConfig | None = None):
@@ -70,75 +52,11 @@ def load_tokenizer(path: str, cfg: ModelConfig | None = None):
 def load_model(path: str, dtype: str = "float32", trust_remote_code: bool = False,
                device: torch.device | str | None = None):
     """The checkpoint at `path` on `device` (default: this process's GPU if there is one)."""
-    from pear_exp.distributed import default_device
-
     with fetching(path):
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         )
     return model.to(device or default_device())
-
-
-class TokenLogProbs(torch.nn.Module):
-    """A causal LM that returns the log-probs of its own input tokens: the one forward pass that
-    the trainers run, and that DDP / FSDP wrap (the LM head runs inside forward, where their
-    hooks see it).
-
-    forward -> (logprobs, target, entropy), each (batch, seq) and aligned like
-    losses.token_logprobs: logprobs at `temperature` with gradient; `target` the detached
-    log-probs at `target_temperature` (None unless asked); `entropy` of the sampling distribution
-    at `temperature`, detached (None unless asked).
-    chunk_size > 0: from the last hidden states, chunk_size positions at a time, never holding
-    (batch, seq, vocab) logits (large vocabularies); 0: through the model's full logits.
-    """
-
-    def __init__(self, model, chunk_size: int = 0):
-        super().__init__()
-        self.model = model
-        self.chunk_size = chunk_size
-
-    def forward(self, input_ids, attention_mask, temperature: float = 1.0,
-                target_temperature: float | None = None, entropy: bool = False):
-        from pear_exp import losses
-
-        target = ent = None
-        if not self.chunk_size:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            logp = losses.token_logprobs(logits, input_ids, temperature)
-            with torch.no_grad():
-                if target_temperature is not None:
-                    target = losses.token_logprobs(logits, input_ids, target_temperature)
-                if entropy:
-                    ent = losses.token_entropy(logits, temperature)
-            return logp, target, ent
-        hidden = self.model.base_model(input_ids=input_ids,
-                                       attention_mask=attention_mask).last_hidden_state
-        weight = self.model.get_output_embeddings().weight
-        logp = losses.chunked_token_logprobs(hidden, weight, input_ids, temperature,
-                                             self.chunk_size)
-        with torch.no_grad():
-            if target_temperature is not None:
-                target = losses.chunked_token_logprobs(hidden, weight, input_ids,
-                                                       target_temperature, self.chunk_size)
-            if entropy:
-                ent = losses.chunked_token_entropy(hidden, weight, temperature, self.chunk_size)
-        return logp, target, ent
-
-
-def decoder_layers(model) -> list[torch.nn.Module]:
-    """The transformer blocks of a causal LM (FSDP shards each as one unit)."""
-    return list(model.base_model.layers)
-
-
-def resolve_path(cfg: ModelConfig, task: TaskConfig, cache_dir: str) -> str:
-    """The checkpoint to load: the configured hub id / directory, or the cached tiny model."""
-    if cfg.path is not None:
-        return cfg.path
-    if cfg.tiny is None:
-        raise ValueError(f"model {cfg.name!r}: set either `path` or `tiny`")
-    from pear_exp.tiny import tiny_model_dir
-
-    return str(tiny_model_dir(cfg, task, cache_dir))
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
@@ -177,3 +95,11 @@ def save_dir(path: Path, model, tokenizer, state_dict: dict | None = None) -> No
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, state_dict=state_dict)
     tokenizer.save_pretrained(path)
+
+
+def tied_duplicates(model) -> set[str]:
+    """Names under which a parameter appears a second time (a tied LM head: lm_head.weight is
+    model.embed_tokens.weight): state dicts store such a tensor once."""
+    seen: dict[int, str] = {}
+    return {name for name, p in model.named_parameters(remove_duplicate=False)
+            if seen.setdefault(id(p), name) != name}

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM, GenerationConfig
 
 from pear_exp import hub_tokenizers
+from pear_exp.files import atomic_dir
 from pear_exp.config import ArchitectureConfig, ModelConfig, ModelType
 
 BUILD_VERSION = 1
@@ -145,8 +146,6 @@ def standin_dir(name: str, cache_dir: str | Path, *, layers: int = 2, hidden: in
     path = Path(cache_dir).expanduser() / "standins" / f"{name}-{_key(model, arch, checkpoint, seed)}"
     if (path / "config.json").exists():
         return path
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = hub_tokenizers.TOKENIZERS[checkpoint.tokenizer]()
     # Base checkpoints end text with <|endoftext|>, post-trained Qwen ones with <|im_end|>: the
     # tokenizer's eos is config.json's (Qwen's package builds the post-trained variant).
@@ -158,16 +157,13 @@ def standin_dir(name: str, cache_dir: str | Path, *, layers: int = 2, hidden: in
         lm = AutoModelForCausalLM.from_config(hf_config(model, arch, checkpoint),
                                               dtype=getattr(torch, model.dtype))
     lm.generation_config = GenerationConfig(**checkpoint.generation)
-    lm.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "STANDIN.md").write_text(
-        f"Random-init stand-in of {model.path} (pear_exp.standins, preset {name}): real "
-        f"tokenizer, vocabulary, chat template, rope theta and generation_config.json; "
-        f"{arch.num_layers} layers of width {arch.hidden_size}. It generates noise.\n")
-    try:
-        os.rename(tmp, path)
-    except OSError:  # another process built it first: theirs is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(path) as tmp:  # another process building it first: theirs is identical
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "STANDIN.md").write_text(
+            f"Random-init stand-in of {model.path} (pear_exp.standins, preset {name}): real "
+            f"tokenizer, vocabulary, chat template, rope theta and generation_config.json; "
+            f"{arch.num_layers} layers of width {arch.hidden_size}. It generates noise.\n")
     return path
 
 

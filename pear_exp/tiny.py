@@ -1,7 +1,7 @@
 """The tiny world's models: built, pretrained and cached by the framework, never downloaded.
 
 A tiny model is a small Qwen3-architecture causal LM with the character tokenizer of
-`models.build_char_tokenizer`, pretrained with the SFT loop (weighting none) on one of:
+`build_char_tokenizer`, pretrained with the SFT loop (weighting none) on one of:
 - `solutions`: random valid solver answers to the task's training-side problems (never evaluation
   instances). This makes a teacher, the behavior policy pi_b.
 - `domain`: text of the task's domain that is not the task (Countdown: arithmetic exercises in the
@@ -20,24 +20,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
+import string
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
+from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+from tokenizers import models as tokenizer_models
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from pear_exp.config import (
     ModelConfig, PretrainData, SFTConfig, SolutionStyle, TaskConfig, TaskKind, WeightingConfig,
     WeightLevel,
 )
-from pear_exp.models import build_char_tokenizer, prompt_ids, response_ids, save_dir
+from pear_exp.data import Row, make_row
+from pear_exp.files import atomic_dir
+from pear_exp.models import CHATML_TEMPLATE, END_OF_TURN, prompt_ids, response_ids, save_dir
 from pear_exp.tasks import make_task
 from pear_exp.tasks.countdown import restyle
+from pear_exp.train.sft import train_sft
 
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHAT_ROLES = ["system", "user", "assistant"]
 BUILD_VERSION = 1  # bump when the build recipe changes, so stale caches are not reused
 
 
@@ -54,6 +59,38 @@ def _key(cfg: ModelConfig, task: TaskConfig) -> str:
         sort_keys=True, default=lambda v: getattr(v, "value", str(v)),
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def resolve_path(cfg: ModelConfig, task: TaskConfig, cache_dir: str) -> str:
+    """The checkpoint to load: the configured hub id / directory, or the cached tiny model."""
+    if cfg.path is not None:
+        return cfg.path
+    if cfg.tiny is None:
+        raise ValueError(f"model {cfg.name!r}: set either `path` or `tiny`")
+    return str(tiny_model_dir(cfg, task, cache_dir))
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII plus ChatML's special tokens.
+
+    With a 152k vocabulary the LM head would dominate a tiny model's cost (docs/environment.md), so the
+    tiny world uses one token per character (3 special tokens + 100 printable characters), plus
+    the chat roles as whole tokens so that ChatML framing costs 8 tokens a turn, not 20.
+    """
+    chars = list(string.printable)  # digits, letters, punctuation, whitespace: 100 characters
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + chars + CHAT_ROLES)}
+    backend = Tokenizer(tokenizer_models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_tokens(CHAT_ROLES)  # matched before the per-character split
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=END_OF_TURN,
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
 
 
 def tiny_model_dir(cfg: ModelConfig, task: TaskConfig, cache_dir: str) -> Path:
@@ -83,7 +120,7 @@ def solution_pairs(cfg: ModelConfig, task_cfg: TaskConfig, task, n: int,
     return pairs
 
 
-def pretraining_rows(cfg: ModelConfig, task_cfg: TaskConfig, tokenizer) -> list[dict]:
+def pretraining_rows(cfg: ModelConfig, task_cfg: TaskConfig, tokenizer) -> list[Row]:
     tiny = cfg.tiny
     task = make_task(task_cfg)
     rng = random.Random(tiny.seed)
@@ -94,21 +131,11 @@ def pretraining_rows(cfg: ModelConfig, task_cfg: TaskConfig, tokenizer) -> list[
         pairs = task.domain_corpus(tiny.pretrain_examples - n_game, seed=tiny.seed)
         if n_game:
             pairs += solution_pairs(cfg, task_cfg, task, n_game, rng)
-    rows = []
-    for user, response in pairs:
-        prompt = prompt_ids(tokenizer, user, task_cfg.system_prompt)
-        completion = response_ids(tokenizer, response)
-        rows.append({
-            "input_ids": prompt + completion,
-            "loss_mask": [0] * len(prompt) + [1] * len(completion),
-            "behavior_logprobs": [0.0] * (len(prompt) + len(completion)),
-        })
-    return rows
+    return [make_row(prompt_ids(tokenizer, user, task_cfg.system_prompt),
+                     response_ids(tokenizer, response)) for user, response in pairs]
 
 
 def build_tiny_model(cfg: ModelConfig, task: TaskConfig, path: Path) -> None:
-    from pear_exp.stages.sft import train_sft
-
     tiny = cfg.tiny
     print(f"[pear_exp] building tiny model {cfg.name!r} ({tiny.pretrain.value} pretraining, "
           f"{tiny.pretrain_steps} steps) -> {path}")
@@ -129,10 +156,5 @@ def build_tiny_model(cfg: ModelConfig, task: TaskConfig, path: Path) -> None:
     )
     train_sft(model, rows, sft, WeightingConfig(level=WeightLevel.none),
               pad_id=tokenizer.pad_token_id, seed=tiny.seed, desc=f"pretrain {cfg.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    save_dir(tmp, model, tokenizer)
-    try:
-        os.rename(tmp, path)
-    except OSError:  # another process finished the same build first: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(path) as tmp:  # another process finishing the same build first: theirs stays
+        save_dir(tmp, model, tokenizer)

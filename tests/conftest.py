@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from pear_exp.models import build_char_tokenizer
+from pear_exp.tiny import build_char_tokenizer
 
 torch.set_num_threads(2)
 

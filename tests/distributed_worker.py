@@ -9,14 +9,14 @@ from pathlib import Path
 
 import torch
 
-from pear_exp import distributed
+from pear_exp.train import distributed
 from pear_exp.config import (
     DistributedConfig, LossAggregation, ParallelStrategy, RLConfig, SFTConfig, WeightingConfig,
     WeightLevel,
 )
-from pear_exp.models import build_char_tokenizer
+from pear_exp.tiny import build_char_tokenizer
 from pear_exp.rollout.hf import HFEngine
-from pear_exp.stages.rl import train_grpo
+from pear_exp.train.grpo import train_grpo
 from pear_exp.stages.sft import train_sft
 from pear_exp.tasks.countdown import Countdown
 from tests.conftest import make_tiny_model

@@ -6,14 +6,14 @@ per case, to OUT.rank<r>.
 
 import sys
 
-import pear_exp.stages.rl as rl_stage
-import pear_exp.stages.sft as sft_stage
-from pear_exp import distributed
+import pear_exp.train.grpo as rl_stage
+import pear_exp.train.sft as sft_stage
+from pear_exp.train import distributed
 from pear_exp.config import (
     DistributedConfig, ParallelStrategy, RLConfig, SFTConfig, WeightingConfig,
 )
 from pear_exp.errors import NonFiniteError
-from pear_exp.models import build_char_tokenizer
+from pear_exp.tiny import build_char_tokenizer
 from pear_exp.rollout.hf import HFEngine
 from tests.conftest import make_tiny_model
 from tests.test_guards import ParityTask, WeightSetter, at_call, nan_behavior_logprob, nan_loss

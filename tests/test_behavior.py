@@ -10,10 +10,13 @@ from datasets import Dataset
 
 from pear_exp.config import BehaviorConfig, BehaviorSource
 from pear_exp.losses import token_logprobs
-from pear_exp.models import build_char_tokenizer, prompt_ids, response_ids
+from pear_exp.data import make_row, validate_rows
+from pear_exp.errors import DataError
+from pear_exp.models import prompt_ids, response_ids
 from pear_exp.rollout.hf import HFEngine
 from pear_exp.stages import behavior
-from pear_exp.stages.behavior import DataError, make_row, validate_rows
+from pear_exp.stages.behavior import example
+from pear_exp.tiny import build_char_tokenizer
 from pear_exp.tasks.base import Problem
 from pear_exp.tasks.countdown import Countdown
 from pear_exp.tasks.math import INSTRUCTION
@@ -26,13 +29,17 @@ def teacher_forced(model, row, temperature=1.0):
     return torch.tensor([v if m else 0.0 for v, m in zip(logp.tolist(), row["loss_mask"])])
 
 
+def chat(tokenizer):
+    return lambda prompt: prompt_ids(tokenizer, prompt)
+
+
 def good_rows(tokenizer, n=3):
     rows = []
     for i in range(n):
         p = prompt_ids(tokenizer, f"Make {i} from 1 2 3")
         r = response_ids(tokenizer, f"1+2={3 + i}")
-        rows.append(make_row(f"p{i}", f"Make {i} from 1 2 3", f"1+2={3 + i}", p, r,
-                             [-0.5] * len(r)))
+        rows.append(example(f"p{i}", f"Make {i} from 1 2 3", f"1+2={3 + i}",
+                            make_row(p, r, [-0.5] * len(r))))
     return rows
 
 
@@ -75,7 +82,7 @@ def test_scoring_an_existing_dataset_is_teacher_forced(model, tokenizer, tmp_pat
         assert row["input_ids"][-1] == tokenizer.convert_tokens_to_ids("<|im_end|>")
         torch.testing.assert_close(torch.tensor(row["behavior_logprobs"]),
                                    teacher_forced(model, row, 1.5), atol=1e-4, rtol=1e-4)
-    validate_rows(Dataset.from_list(rows), tokenizer, None, 256, "scored")
+    validate_rows(Dataset.from_list(rows), tokenizer, chat(tokenizer), 256, "scored")
 
 
 def test_scoring_refuses_missing_columns_and_top_p(model, tokenizer, tmp_path):
@@ -99,7 +106,7 @@ def test_teacher_with_another_tokenizer_is_refused(model, tokenizer):
 
 
 def test_valid_rows_pass(tokenizer):
-    validate_rows(Dataset.from_list(good_rows(tokenizer)), tokenizer, None, 256, "d")
+    validate_rows(Dataset.from_list(good_rows(tokenizer)), tokenizer, chat(tokenizer), 256, "d")
 
 
 @pytest.mark.parametrize("corrupt, message", [
@@ -116,16 +123,16 @@ def test_bad_rows_are_refused_naming_the_row(tokenizer, corrupt, message):
     rows = good_rows(tokenizer)
     corrupt(rows[1])
     with pytest.raises(DataError, match=rf"d: row 1 \(problem p1\): .*{message}"):
-        validate_rows(Dataset.from_list(rows), tokenizer, None, 256, "d")
+        validate_rows(Dataset.from_list(rows), tokenizer, chat(tokenizer), 256, "d")
 
 
 def test_missing_column_and_overlong_rows_are_refused(tokenizer):
     rows = good_rows(tokenizer)
     with pytest.raises(DataError, match=r"missing column\(s\) \['behavior_logprobs'\]"):
         validate_rows(Dataset.from_list(rows).remove_columns("behavior_logprobs"), tokenizer,
-                      None, 256, "d")
+                      chat(tokenizer), 256, "d")
     with pytest.raises(DataError, match="row 0 .* exceeds sft.max_seq_len=10"):
-        validate_rows(Dataset.from_list(rows), tokenizer, None, 10, "d")
+        validate_rows(Dataset.from_list(rows), tokenizer, chat(tokenizer), 10, "d")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +171,6 @@ def test_pipeline_passes_the_evaluation_problems_to_scoring(tokenizer, tmp_path,
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pear_exp import pipeline
     from pear_exp.__main__ import CONF_DIR
     from pear_exp.config import register_configs
     from pear_exp.tasks import make_task, split
@@ -178,9 +184,9 @@ def test_pipeline_passes_the_evaluation_problems_to_scoring(tokenizer, tmp_path,
             "+experiment=smoke", f"model.path={tmp_path / 'tiny'}",
             f"teacher.path={tmp_path / 'tiny'}", "behavior.source=dataset",
             f"behavior.dataset={tmp_path / 'data.jsonl'}"]))
-    train, held_out = split(cfg.task)
+    train, held_out = split(cfg.task, cfg.cache_dir)
     write_jsonl(tmp_path / "data.jsonl", [p.prompt for p in held_out[:3] + train[:5]])
-    pipeline.run_behavior(cfg, tmp_path / "behavior", train, held_out, make_task(cfg.task))
+    behavior.make_data(cfg, tmp_path / "behavior", train, held_out, make_task(cfg.task, cfg.cache_dir))
     meta = json.loads((tmp_path / "behavior" / "meta.json").read_text())
     assert (meta["samples"], meta["kept"], meta["eval_removed"]) == (8, 5, 3)
     assert "removed 3 rows that hold evaluation problems" in capsys.readouterr().out

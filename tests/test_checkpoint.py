@@ -36,8 +36,8 @@ def probe(directory: Path, layers: int) -> dict:
     restored state equals the saved one."""
     import resource
 
-    from pear_exp import checkpoint
-    from pear_exp.distributed import World
+    from pear_exp.train import checkpoint
+    from pear_exp.train.distributed import World
 
     model, opt, sched = build(layers)
     at_restore = {}
@@ -63,8 +63,8 @@ def probe(directory: Path, layers: int) -> dict:
 
 
 def save(directory: Path, layers: int) -> None:
-    from pear_exp import checkpoint
-    from pear_exp.distributed import World
+    from pear_exp.train import checkpoint
+    from pear_exp.train.distributed import World
 
     model, opt, sched = build(layers)
     for _ in range(2):  # optimizer state that differs from a fresh one

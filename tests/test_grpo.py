@@ -7,10 +7,10 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from pear_exp.config import LossAggregation, RLConfig
-from pear_exp.distributed import World
+from pear_exp.train.distributed import World
 from pear_exp.losses import aggregation_coefficients, group_advantages, grpo_token_loss
-from pear_exp.models import TokenLogProbs
-from pear_exp.stages.rl import RolloutBatch, update
+from pear_exp.policy import TokenLogProbs
+from pear_exp.train.grpo import RolloutBatch, update
 from tests.conftest import make_tiny_model
 
 
@@ -157,7 +157,7 @@ class ParityTask:
 
 def run_grpo(tokenizer, engine_factory, **rl):
     from pear_exp.rollout.hf import HFEngine
-    from pear_exp.stages.rl import train_grpo
+    from pear_exp.train.grpo import train_grpo
     from pear_exp.tasks.countdown import Countdown
 
     task = ParityTask()
@@ -200,7 +200,7 @@ def test_grpo_raises_a_learnable_reward(tokenizer):
     """End to end through rollouts, rewards, advantages and updates: rewarding short answers
     must make answers short (reward from about 0.2 to above 0.6 in 15 steps)."""
     from pear_exp.rollout.hf import HFEngine
-    from pear_exp.stages.rl import train_grpo
+    from pear_exp.train.grpo import train_grpo
     from pear_exp.tasks.countdown import Countdown
 
     model = model_that_stops(tokenizer, 2.0)

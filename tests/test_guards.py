@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-import pear_exp.stages.rl as rl_stage
-import pear_exp.stages.sft as sft_stage
+import pear_exp.train.grpo as rl_stage
+import pear_exp.train.sft as sft_stage
 from pear_exp.config import RLConfig, SFTConfig, WeightingConfig, WeightLevel
 from pear_exp.errors import NonFiniteError
 from pear_exp.stages.sft import train_sft
@@ -148,7 +148,7 @@ class ParityTask:
 
 def grpo(tokenizer, checkpoint_dir=None, steps=4):
     from pear_exp.rollout.hf import HFEngine
-    from pear_exp.stages.rl import train_grpo
+    from pear_exp.train.grpo import train_grpo
     from pear_exp.tasks.countdown import Countdown
 
     model = make_tiny_model(tokenizer, seed=2)
@@ -236,7 +236,7 @@ def test_degenerate_weights_are_reported_once(tokenizer, caplog):
     cfg = SFTConfig(steps=3, batch_size=8, micro_batch_size=8, lr=1e-3, warmup_steps=1,
                     log_every=1)
     logged = []
-    with caplog.at_level(logging.WARNING, logger="pear_exp.stages.sft"):
+    with caplog.at_level(logging.WARNING, logger="pear_exp.train.sft"):
         train_sft(make_tiny_model(tokenizer, seed=3), rows, cfg, weighting, pad_id=0, seed=0,
                   log=lambda m, s: logged.append(m))
     lengths = [sum(r["loss_mask"]) for r in rows]  # every row is in each step's batch
@@ -272,7 +272,7 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
 
 # ----------------------------------------------------------------------------- the command
 INJECT = """
-import pear_exp.stages.sft as sft
+import pear_exp.train.sft as sft
 train, clip, calls = sft.train_sft, sft.clip_grad_norm, []
 def nan_at_step_3(params, max_norm):  # the gradient norm of step 3 is nan
     calls.append(1)

@@ -235,7 +235,7 @@ def test_deepseek_v3_tokenizer():
 
 
 def test_cli_writes_a_loadable_directory(tmp_path, cache_dir, monkeypatch):
-    monkeypatch.setenv("PEAR_EXP_TOKENIZER_CACHE", str(cache_dir))
+    monkeypatch.setenv("PEAR_EXP_CACHE", str(cache_dir))  # tokenizers under <root>/tokenizers
     ht.main(["r1-distill", str(tmp_path / "r1")])
     loaded = AutoTokenizer.from_pretrained(tmp_path / "r1")
     assert chat_ids(loaded, MESSAGES)[-3:] == [151645, 151648, NL]

@@ -4,9 +4,8 @@ formatting with the end-of-turn token carrying loss, and chat-template switches.
 import torch
 
 from pear_exp.config import ModelConfig
-from pear_exp.models import (
-    build_char_tokenizer, end_of_turn_ids, load_model, load_tokenizer, prompt_ids, response_ids,
-)
+from pear_exp.models import end_of_turn_ids, load_model, load_tokenizer, prompt_ids, response_ids
+from pear_exp.tiny import build_char_tokenizer
 from tests.conftest import make_tiny_model
 
 

@@ -28,7 +28,7 @@ def probe(kind: str, rows: int, length: int) -> dict:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from pear_exp.config import BehaviorConfig, BehaviorSource
-    from pear_exp.models import build_char_tokenizer
+    from pear_exp.tiny import build_char_tokenizer
     from pear_exp.rollout.hf import HFEngine
     from pear_exp.stages import behavior
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from transformers import GenerationConfig
 
 from pear_exp.models import end_of_turn_ids, prompt_ids
-from pear_exp.rollout import sync_logprob_diff
+from pear_exp.rollout.sync import sync_logprob_diff
 from pear_exp.rollout.hf import HFEngine
 from tests.conftest import make_tiny_model
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.vllm
 
 from pear_exp.models import end_of_turn_ids, prompt_ids  # noqa: E402
 from pear_exp.rollout.hf import HFEngine  # noqa: E402
-from pear_exp.rollout import sync_logprob_diff  # noqa: E402
+from pear_exp.rollout.sync import sync_logprob_diff  # noqa: E402
 from pear_exp.rollout.vllm import (  # noqa: E402
     VLLMEngine,
     _clamp_max_model_len,

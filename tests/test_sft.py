@@ -10,7 +10,9 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from pear_exp.config import Normalization, SFTConfig, WeightingConfig, WeightLevel
 from pear_exp.losses import token_logprobs, weighted_nll_sum
 from pear_exp.models import prompt_ids, response_ids
-from pear_exp.stages.sft import collate, length_grouped_batches, lr_lambda, train_sft
+from pear_exp.data import collate, length_grouped_batches
+from pear_exp.train.loop import lr_lambda
+from pear_exp.train.sft import train_sft
 from pear_exp.weighting import pear_weights
 from tests.conftest import make_tiny_model
 

@@ -11,7 +11,7 @@ import pytest
 
 from pear_exp import tiny
 from pear_exp.config import ModelConfig, PretrainData, SolutionStyle, TaskConfig, TinyModelConfig
-from pear_exp.models import build_char_tokenizer
+from pear_exp.tiny import build_char_tokenizer
 from pear_exp.tasks.base import Problem
 from pear_exp.tasks.countdown import Countdown, restyle
 

@@ -12,14 +12,14 @@ pytestmark = pytest.mark.vllm
 
 from pear_exp.config import RLConfig, RolloutConfig  # noqa: E402
 from pear_exp.models import prompt_ids  # noqa: E402
-from pear_exp.rollout import (  # noqa: E402
+from pear_exp.rollout.sync import (  # noqa: E402
     fingerprint_mismatch,
     sync_logprob_diff,
     trainer_fingerprint,
     weight_fingerprint,
 )
 from pear_exp.rollout.vllm import VLLMEngine, _reload_weights_on_worker  # noqa: E402
-from pear_exp.stages.rl import train_grpo  # noqa: E402
+from pear_exp.train.grpo import train_grpo  # noqa: E402
 from pear_exp.tasks.countdown import Countdown  # noqa: E402
 from tests.conftest import make_tiny_model  # noqa: E402
 from tests.test_grpo import ParityTask  # noqa: E402

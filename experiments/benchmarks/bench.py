@@ -35,13 +35,13 @@ from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 from pear_exp.config import (  # noqa: E402
     BehaviorConfig, BehaviorSource, RLConfig, SFTConfig, TaskConfig, WeightingConfig, WeightLevel,
 )
-from pear_exp.models import build_char_tokenizer, end_of_turn_ids, prompt_ids, save_dir  # noqa: E402
+from pear_exp.models import end_of_turn_ids, prompt_ids, save_dir  # noqa: E402
+from pear_exp.tiny import build_char_tokenizer  # noqa: E402
 from pear_exp.rollout.hf import HFEngine  # noqa: E402
 from pear_exp.stages.behavior import score_dataset  # noqa: E402
-from pear_exp.stages.rl import train_grpo  # noqa: E402
-from pear_exp.stages.sft import (  # noqa: E402
-    collate, length_grouped_batches, train_sft, weighting_kwargs,
-)
+from pear_exp.train.grpo import train_grpo  # noqa: E402
+from pear_exp.data import collate, length_grouped_batches  # noqa: E402
+from pear_exp.train.sft import train_sft, weighting_kwargs  # noqa: E402
 from pear_exp.weighting import pear_weights  # noqa: E402
 from pear_exp.tasks import make_task  # noqa: E402
 

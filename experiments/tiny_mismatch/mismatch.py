@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 from pear_exp import models
 from pear_exp.config import Config
 from pear_exp.losses import token_logprobs
-from pear_exp.stages.sft import collate
+from pear_exp.data import collate
 from pear_exp.weighting import LEVELS, pear_weights_with_stats
 
 

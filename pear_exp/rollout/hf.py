@@ -20,7 +20,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from pear_exp.rollout import Completion
+from pear_exp.rollout.base import Completion
 
 
 class SampledLogProbs(LogitsProcessor):

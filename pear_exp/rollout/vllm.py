@@ -30,7 +30,7 @@ closes each engine when its stage or checkpoint is done. An engine that is only 
 its memory (vLLM gc.freeze()s the objects it creates: measured, the first engine's KV cache stays)
 and leaves torch.distributed initialised, so the next engine would start out of process.
 
-Inside a multi-process training job (torchrun; pear_exp/distributed.py) rank 0's engine core
+Inside a multi-process training job (torchrun; pear_exp/train/distributed.py) rank 0's engine core
 runs in a process of its own, started without the torchrun variables, since an in-process
 engine would join the trainers' process group and wait for ranks that never come; weights then
 reach it through a safetensors file in /dev/shm (a full copy per sync: fine for small models, a
@@ -52,9 +52,13 @@ import os
 import tempfile
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import AutoConfig
 
-from pear_exp.rollout import Completion
+from pear_exp.models import tied_duplicates
+from pear_exp.rollout.base import Completion
+from pear_exp.rollout.sync import stored_dtypes, weight_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +77,6 @@ def _stream_seed(seed: int, index: int) -> int:
 def _clamp_max_model_len(model_path: str, max_model_len: int | None) -> int | None:
     """vLLM refuses a max_model_len above the checkpoint's max_position_embeddings (the tiny
     models have 256, the config's default is 4096): serve the checkpoint's limit instead."""
-    from transformers import AutoConfig
-
     limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
     if max_model_len and limit and max_model_len > limit:
         logger.warning("max_model_len %d > %s's max_position_embeddings %d: using %d",
@@ -103,14 +105,12 @@ def _reload_weights_on_worker(worker, weights: list[tuple[str, torch.Tensor]]) -
 
 
 def _reload_weights_from_file(worker, path: str) -> None:
-    from safetensors.torch import load_file
-
     _reload_weights_on_worker(worker, list(load_file(path).items()))
 
 
 @torch.no_grad()
 def _fingerprint_on_worker(worker) -> tuple[dict[str, list[float]], dict[str, str]]:
-    """Runs on each vLLM worker: the fingerprint (pear_exp.rollout) of the weights it computes
+    """Runs on each vLLM worker: the fingerprint (pear_exp.rollout.sync) of the weights it computes
     with, and the dtype each kind of tensor is held in (the CPU backend keeps the biases it packs
     in float32, beside bfloat16 weights). Every module holding a tensor counts it, as
     trainer_fingerprint does for a tied head."""
@@ -118,8 +118,6 @@ def _fingerprint_on_worker(worker) -> tuple[dict[str, list[float]], dict[str, st
         ParallelLMHead,
         VocabParallelEmbedding,
     )
-
-    from pear_exp.rollout import stored_dtypes, weight_fingerprint
 
     def computed(module, name: str, param: torch.Tensor) -> torch.Tensor:
         # The CPU backend packs each linear weight (and the LM head) for its GEMM kernel and
@@ -262,12 +260,9 @@ class VLLMEngine:
             with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm")
                                              else None) as tmp:
                 path = os.path.join(tmp, "weights.safetensors")
-                stored, seen = {}, set()  # tied tensors (lm_head = embeddings) are stored once
-                for name, t in weights:
-                    if t.data_ptr() not in seen:
-                        seen.add(t.data_ptr())
-                        stored[name] = t.contiguous().cpu()
-                save_file(stored, path)
+                tied = tied_duplicates(model)  # tied tensors (lm_head = embeddings): stored once
+                save_file({name: t.contiguous().cpu() for name, t in weights if name not in tied},
+                          path)
                 self.llm.collective_rpc(_reload_weights_from_file, args=(path,))
             self.llm.reset_prefix_cache()
             return
@@ -294,7 +289,6 @@ class VLLMEngine:
         Returns completions[prompt_index][sample_index]. Sampling is reproducible for a seed:
         prompt i's sample k draws from the random stream _stream_seed(seed, i) + k.
         """
-        from tqdm.auto import tqdm
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 

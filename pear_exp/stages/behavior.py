@@ -15,85 +15,84 @@ Two sources (behavior.source):
 
 Either way the stored token ids are the student's: the prompt goes through the student's chat
 template and the teacher must share the student's tokenizer (a mismatch is an error, never
-silently realigned). The artifact is a datasets dataset with one row per example:
-    problem_id, prompt, response: str
-    input_ids: list[int]           prompt + response + end-of-turn token
-    loss_mask: list[int]           1 on the response tokens and the end-of-turn token
-    behavior_logprobs: list[float] b_t on loss tokens, 0.0 elsewhere
-and meta.json beside it (teacher, source, temperature, top_p, counts).
-`validate_rows` checks such data before any training step and names the first bad row.
+silently realigned). The artifact, <run_dir>/behavior/, is a datasets dataset with one row per
+example (problem_id, prompt, response and pear_exp.data.Row's input_ids, loss_mask,
+behavior_logprobs = b_t on loss tokens) and meta.json beside it (teacher, source, temperature,
+top_p, counts). With behavior.reuse a sweep's runs that would sample the same data share one copy
+under <cache_dir>/behavior (`shared_dir`): a weighting sweep samples its teacher once per seed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import math
 import re
+import shutil
 import unicodedata
+from contextlib import closing
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from datasets import Dataset, load_dataset
+from rich.console import Console
 from tqdm.auto import tqdm
 
-from pear_exp.config import BehaviorConfig
-from pear_exp.models import TokenLogProbs, end_of_turn_ids, prompt_ids, response_ids
-from pear_exp.rollout import RolloutEngine
-from pear_exp.stages.sft import collate
+from pear_exp import models, tiny
+from pear_exp.config import BehaviorConfig, BehaviorSource, Config, HFRolloutConfig
+from pear_exp.data import COLUMNS, Row, collate, make_row, token_budget_batches
+from pear_exp.errors import DataError
+from pear_exp.files import atomic_dir, done, mark_done
+from pear_exp.policy import TokenLogProbs
+from pear_exp.rollout import RolloutEngine, make_engine
 from pear_exp.tasks.base import Problem
 from pear_exp.tasks.math import INSTRUCTION
 
-COLUMNS = ("problem_id", "prompt", "response", "input_ids", "loss_mask", "behavior_logprobs")
+console = Console()
 # Teacher-forced scoring: padded tokens per forward pass, and LM-head positions at a time (one
 # (SCORE_CHUNK, vocab) float32 block: 156 MB at a 152k vocabulary).
 SCORE_TOKENS = 16_384
 SCORE_CHUNK = 256
 
 
-class DataError(ValueError):
-    """Bad offline data: raised before any training step, naming the row and the problem."""
-
-
 def check_same_tokenizer(teacher_tok, student_tok) -> None:
     if teacher_tok.get_vocab() != student_tok.get_vocab():
         raise DataError(
             "the teacher's tokenizer differs from the student's: behavior data must use the token "
-            "ids the student trains on (PEAR.md); use a teacher of the same tokenizer family"
+            "ids the student trains on (docs/method.md); use a teacher of the same tokenizer family"
         )
 
 
-def make_row(problem_id: str, prompt: str, response: str, prompt_tokens: list[int],
-             completion: list[int], logprobs: list[float]) -> dict:
-    return {
-        "problem_id": problem_id,
-        "prompt": prompt,
-        "response": response,
-        "input_ids": prompt_tokens + completion,
-        "loss_mask": [0] * len(prompt_tokens) + [1] * len(completion),
-        "behavior_logprobs": [0.0] * len(prompt_tokens) + [float(x) for x in logprobs],
-    }
+def example(problem_id: str, prompt: str, response: str, row: Row) -> dict:
+    """A stored example: the training row and where it came from."""
+    return {"problem_id": problem_id, "prompt": prompt, "response": response, **row}
 
 
 def sample_from_teacher(engine: RolloutEngine, teacher_tok, student_tok, problems: list[Problem],
                         task, cfg: BehaviorConfig, system_prompt: str | None,
                         seed: int) -> tuple[list[dict], dict]:
     check_same_tokenizer(teacher_tok, student_tok)
-    prompts = [prompt_ids(student_tok, p.prompt, system_prompt) for p in problems]
+    prompts = [models.prompt_ids(student_tok, p.prompt, system_prompt) for p in problems]
     completions = engine.generate(
         prompts, n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens, stop_token_ids=end_of_turn_ids(student_tok),
+        max_new_tokens=cfg.max_new_tokens, stop_token_ids=models.end_of_turn_ids(student_tok),
         seed=seed, desc="behavior: teacher sampling",
     )
+    texts = [[student_tok.decode(c.token_ids, skip_special_tokens=True) for c in samples]
+             for samples in completions]
+    finished = [(p, t) for p, samples, responses in zip(problems, completions, texts)
+                for c, t in zip(samples, responses) if c.finish_reason == "stop"]
+    scores = iter(task.score_many([p for p, _ in finished], [t for _, t in finished]))
     rows, correct, truncated = [], 0, 0
-    for problem, ids, samples in zip(problems, prompts, completions):
-        for c in samples:
-            text = student_tok.decode(c.token_ids, skip_special_tokens=True)
-            reward = task.score(problem, text) if c.finish_reason == "stop" else 0.0
+    for problem, ids, samples, responses in zip(problems, prompts, completions, texts):
+        for c, text in zip(samples, responses):
+            reward = next(scores) if c.finish_reason == "stop" else 0.0  # a cut-off answer: 0
             correct += reward == 1.0
             truncated += c.finish_reason != "stop"
             if reward == 1.0 or not cfg.keep_only_correct:
-                rows.append(make_row(problem.id, problem.prompt, text, ids, c.token_ids, c.logprobs))
+                rows.append(example(problem.id, problem.prompt, text,
+                                    make_row(ids, c.token_ids, c.logprobs)))
     total = len(problems) * cfg.samples_per_prompt
     stats = {"samples": total, "kept": len(rows), "teacher_accuracy": correct / max(total, 1),
              "truncated_frac": truncated / max(total, 1)}
@@ -115,20 +114,6 @@ def problem_text(prompt: str) -> str:
     """A problem's normalised text, for finding it inside other prompts: the math tasks' prompts
     end with INSTRUCTION, which a dataset's prompt may or may not repeat, so it is left out."""
     return spaced_text(prompt.strip().removesuffix(INSTRUCTION))
-
-
-def micro_batches(rows: list[dict], max_rows: int, max_tokens: int) -> Iterator[list[dict]]:
-    """Rows sorted by length, grouped so that a group's padded size (rows x its longest row) stays
-    within max_tokens (a longer row goes alone) and it has at most max_rows rows."""
-    batch: list[dict] = []
-    for row in sorted(rows, key=lambda r: len(r["input_ids"])):
-        if batch and (len(batch) == max_rows
-                      or (len(batch) + 1) * len(row["input_ids"]) > max_tokens):
-            yield batch
-            batch = []
-        batch.append(row)
-    if batch:
-        yield batch
 
 
 @torch.no_grad()
@@ -161,13 +146,13 @@ def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorC
         if any(h in text for h in held_out):
             removed += 1
             continue
-        p = prompt_ids(student_tok, ex["prompt"], system_prompt)
-        rows.append(make_row(str(ex.get("id", i)), ex["prompt"], ex["response"], p,
-                             response_ids(student_tok, ex["response"]), []))
+        p = models.prompt_ids(student_tok, ex["prompt"], system_prompt)
+        rows.append(example(str(ex.get("id", i)), ex["prompt"], ex["response"],
+                            make_row(p, models.response_ids(student_tok, ex["response"]))))
     teacher.eval()
     scorer = TokenLogProbs(teacher, chunk_size=SCORE_CHUNK)  # never (batch, seq, vocab) logits
     device = next(teacher.parameters()).device
-    batches = list(micro_batches(rows, batch_size, max_tokens))
+    batches = list(token_budget_batches(rows, batch_size, max_tokens))
     for chunk in tqdm(batches, desc="behavior: teacher scoring", leave=False):
         batch = collate(chunk, student_tok.pad_token_id)
         logp, _, _ = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
@@ -179,46 +164,6 @@ def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorC
                 float(v) if m else 0.0 for v, m in zip(logp[k, :n].tolist(), row["loss_mask"])
             ]
     return rows, {"samples": len(data), "kept": len(rows), "eval_removed": removed}
-
-
-def validate_rows(data, tokenizer, system_prompt: str | None, max_seq_len: int, name: str) -> None:
-    """Refuse bad behavior data with an error that names the row; changes nothing."""
-    missing = [c for c in COLUMNS if c not in data.column_names]
-    if missing:
-        raise DataError(f"{name}: missing column(s) {missing}; found {data.column_names}")
-    vocab = len(tokenizer)
-    prompts: dict[str, list[int]] = {}
-    for i, row in enumerate(data):
-        ids, mask, logp = row["input_ids"], row["loss_mask"], row["behavior_logprobs"]
-        where = f"{name}: row {i} (problem {row['problem_id']})"
-        if not (len(ids) == len(mask) == len(logp)):
-            raise DataError(f"{where}: {len(ids)} token ids, {len(mask)} loss-mask entries and "
-                            f"{len(logp)} behavior log-probs; they must be equal")
-        if len(ids) > max_seq_len:
-            raise DataError(f"{where}: {len(ids)} tokens exceeds sft.max_seq_len={max_seq_len}")
-        if any(m not in (0, 1) for m in mask) or not any(mask):
-            raise DataError(f"{where}: loss_mask must be 0/1 with at least one 1")
-        for t, (m, v) in enumerate(zip(mask, logp)):
-            if m and (not math.isfinite(v) or v > 1e-4):
-                raise DataError(f"{where}: behavior log-prob {v} at token {t} is not a finite "
-                                f"log-probability (<= 0)")
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise DataError(f"{where}: token id {bad} is outside the student's vocabulary ({vocab})")
-        start = mask.index(1)
-        if row["prompt"] not in prompts:  # rows share prompts (several samples per prompt)
-            prompts[row["prompt"]] = prompt_ids(tokenizer, row["prompt"], system_prompt)
-        expected = prompts[row["prompt"]]
-        if ids[:start] != expected:
-            k = next((k for k, (a, b) in enumerate(zip(ids, expected)) if a != b),
-                     min(start, len(expected)))
-            raise DataError(f"{where}: prompt token ids differ from the student's chat formatting "
-                            f"of the prompt at position {k}; made with another tokenizer or "
-                            f"chat template?")
-        decoded = tokenizer.decode(ids[start:], skip_special_tokens=True)
-        if decoded != row["response"]:
-            raise DataError(f"{where}: response token ids decode to {decoded[:60]!r}, not the "
-                            f"stored response {row['response'][:60]!r}")
 
 
 def save(rows: list[dict], meta: dict, out_dir: Path) -> Dataset:
@@ -237,3 +182,63 @@ def finish(rows: list[dict], stats: dict, cfg: BehaviorConfig, teacher_name: str
     meta = {"teacher": teacher_name, "source": cfg.source.value, "dataset": cfg.dataset,
             "temperature": cfg.temperature, "top_p": cfg.top_p, **stats}
     return save(rows, meta, out_dir), meta
+
+
+# ----------------------------------------------------------------------------- the stage
+def key(cfg: Config) -> str:
+    """A hash of what determines the behavior data: teacher, student (its tokenizer and chat
+    template build the ids), task, behavior settings, rollout settings and seed."""
+    parts = [cfg.teacher, cfg.model, cfg.task, cfg.behavior, cfg.rollout, cfg.seed]
+    text = json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p
+                       for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def shared_dir(cfg: Config) -> Path:
+    """Where behavior.reuse keeps the data that any run with the same `key` would sample."""
+    return Path(cfg.cache_dir).expanduser() / "behavior" / f"{cfg.teacher.name}-{key(cfg)}"
+
+
+def run(cfg: Config, out: Path, train_problems, eval_problems, task) -> None:
+    """The behavior stage into `out`, or a copy of the same data sampled earlier by another run
+    (behavior.reuse), written whole and renamed into place so that a killed or concurrent job
+    never leaves half."""
+    if not cfg.behavior.reuse:
+        return make_data(cfg, out, train_problems, eval_problems, task)
+    shared = shared_dir(cfg)
+    if done(shared):
+        console.print(f"behavior: reusing the data sampled earlier in {shared}")
+    else:
+        with atomic_dir(shared) as tmp:  # another job finishing the same data first: theirs stays
+            make_data(cfg, tmp, train_problems, eval_problems, task)
+            mark_done(tmp)
+    shutil.copytree(shared, out, dirs_exist_ok=True)
+
+
+def make_data(cfg: Config, out: Path, train_problems, eval_problems, task) -> None:
+    teacher_path = tiny.resolve_path(cfg.teacher, cfg.task, cfg.cache_dir)
+    teacher_tok = models.load_tokenizer(teacher_path, cfg.teacher)
+    student_tok = models.load_tokenizer(tiny.resolve_path(cfg.model, cfg.task, cfg.cache_dir),
+                                        cfg.model)
+    out.mkdir(parents=True, exist_ok=True)
+    b, system = cfg.behavior, cfg.task.system_prompt
+    if b.source == BehaviorSource.teacher:
+        teacher = None
+        if isinstance(cfg.rollout, HFRolloutConfig):
+            teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+        with closing(make_engine(cfg.rollout, teacher_path, teacher_tok, model=teacher,
+                                 policy=False, seed=cfg.seed)) as engine:
+            rows, stats = sample_from_teacher(engine, teacher_tok, student_tok, train_problems,
+                                              task, b, system, cfg.seed)
+    else:
+        if not b.dataset:
+            raise DataError("behavior.source=dataset needs behavior.dataset=<JSONL or id>")
+        teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+        rows, stats = score_dataset(teacher, teacher_tok, student_tok, b.dataset, b,
+                                    cfg.rollout.batch_size, system, eval_problems=eval_problems)
+    _, meta = finish(rows, stats, b, cfg.teacher.name, out)
+    console.print(f"behavior: kept {meta['kept']} of {meta['samples']} examples"
+                  + (f" (teacher accuracy {meta['teacher_accuracy']:.3f})"
+                     if "teacher_accuracy" in meta else "")
+                  + (f" (removed {meta['eval_removed']} rows that hold evaluation problems)"
+                     if "eval_removed" in meta else ""))

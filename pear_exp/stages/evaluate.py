@@ -16,11 +16,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from pear_exp.config import EvalConfig
+from contextlib import closing
+
+from rich.console import Console
+from rich.table import Table
+
+from pear_exp import models
+from pear_exp.config import Config, EvalConfig
 from pear_exp.metrics import mean_ci95, pass_at_k
 from pear_exp.models import end_of_turn_ids, prompt_ids
-from pear_exp.rollout import Completion, RolloutEngine
+from pear_exp.rollout import Completion, RolloutEngine, make_engine
 from pear_exp.tasks.base import Problem
+from pear_exp.tracking import Tracker
 
 
 def outcomes(task, problems: list[Problem], completions: list[Completion],
@@ -158,3 +165,43 @@ def save(summary: dict, rows: list[dict], out_dir: Path) -> None:
     with (out_dir / "problems.jsonl").open("w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+
+
+# ----------------------------------------------------------------------------- the stage
+def run(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
+        checkpoints: dict[str, str]) -> dict[str, dict]:
+    """Evaluate each checkpoint ({label: path}) into out/<label>/ (one engine each; a checkpoint
+    with results.json already is read back, not evaluated again); returns {label: summary}."""
+    results = {}
+    for label, path in checkpoints.items():
+        target = out / label
+        if (target / "results.json").exists():
+            results[label] = json.loads((target / "results.json").read_text())
+            continue
+        tokenizer = models.load_tokenizer(path, cfg.model)
+        with closing(make_engine(cfg.rollout, path, tokenizer, dtype=cfg.model.dtype,
+                                 trust_remote_code=cfg.model.trust_remote_code,
+                                 seed=cfg.seed)) as engine:
+            summary, rows = evaluate_model(engine, tokenizer, eval_problems, task, cfg.evaluate,
+                                           system_prompt=cfg.task.system_prompt, seed=cfg.seed,
+                                           label=label)
+        save(summary, rows, target)
+        tracker.summary({f"eval/{cfg.task.name}/{label}/{k}": v for k, v in summary.items()})
+        tracker.table(f"eval/{cfg.task.name}/{label}/problems", rows)
+        results[label] = summary
+    ks = ks_up_to(cfg.evaluate.num_samples)
+    tracker.line_plot(f"eval/{cfg.task.name}/pass@k", ks,
+                      {label: [s[f"pass@{k}"] for k in ks] for label, s in results.items()}, "k")
+    return results
+
+
+def print_summary(results: dict[str, dict], n: int, console: Console) -> None:
+    table = Table(title=f"held-out accuracy (n={n} samples per problem, 95% intervals)")
+    table.add_column("checkpoint")
+    columns = [c for c in ("greedy", "pass@1") if c in next(iter(results.values()))]
+    columns += [f"pass@{k}" for k in ks_up_to(n)[1:]]
+    for c in columns:
+        table.add_column(c, justify="right")
+    for label, summary in results.items():
+        table.add_row(label, *[f"{summary[c]:.3f} ± {summary[c + '_ci95']:.3f}" for c in columns])
+    console.print(table)

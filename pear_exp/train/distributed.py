@@ -32,12 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from pear_exp.config import DistributedConfig, ParallelStrategy
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+from pear_exp.models import default_device
 
 
 @dataclass(frozen=True)

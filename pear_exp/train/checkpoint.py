@@ -16,14 +16,16 @@ each holding a private copy (48 GB a rank for the 4B preset).
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from pathlib import Path
 
 import torch
 
-from pear_exp.distributed import World
+from pear_exp import models
+from pear_exp.config import ParallelStrategy
+from pear_exp.files import atomic_dir
+from pear_exp.train.distributed import World
 
 
 def latest(directory: Path) -> Path | None:
@@ -35,20 +37,15 @@ def save(directory: Path, step: int, module, optimizer, scheduler, world: World)
     model_state, optim_state = world.full_state(module, optimizer)
     final = directory / f"step-{step}"
     if world.is_main:
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".tmp-step-{step}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        torch.save({
-            "step": step,
-            "model": model_state,
-            "optimizer": optim_state,
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.random.get_rng_state(),
-            "python_rng": random.getstate(),
-        }, tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
+        with atomic_dir(final, replace=True) as tmp:
+            torch.save({
+                "step": step,
+                "model": model_state,
+                "optimizer": optim_state,
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.random.get_rng_state(),
+                "python_rng": random.getstate(),
+            }, tmp / "state.pt")
         for old in directory.glob("step-*"):
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
@@ -70,3 +67,15 @@ def load(directory: Path, module, optimizer, scheduler, world: World) -> int:
     if world.is_main:
         print(f"[pear_exp] resuming from {path}")
     return state["step"]
+
+
+def save_model(world: World, path: Path, model, tokenizer) -> None:
+    """save_pretrained of a trained model by rank 0; under FSDP every rank first helps gather it."""
+    state = None
+    if world.distributed and world.strategy == ParallelStrategy.fsdp:
+        state = world.full_state(model)[0]
+        for name in models.tied_duplicates(model):  # gathered copies of tied weights: saved once
+            state.pop(name, None)
+    if world.is_main:
+        models.save_dir(path, model, tokenizer, state_dict=state)
+    world.barrier()

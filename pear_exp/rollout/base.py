@@ -1,0 +1,30 @@
+"""What every rollout engine is: generate n completions per prompt and report the sampling
+log-probs, take new weights, free its memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]  # sampled tokens, including the stop token when one was produced
+    logprobs: list[float]  # log-prob of each sampled token under the sampling distribution
+    finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens reached)
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[list[int]], *, n: int, temperature: float, top_p: float,
+                 max_new_tokens: int, stop_token_ids: list[int], seed: int = 0,
+                 desc: str = "generate") -> list[list[Completion]]:
+        """completions[prompt_index][sample_index]; temperature 0 means greedy."""
+        ...
+
+    def sync_weights(self, model) -> None:
+        """Make the engine generate with `model`'s current weights."""
+        ...
+
+    def close(self) -> None:
+        """Free the engine's memory (vLLM: its engine core, weights and KV cache); idempotent."""
+        ...
