@@ -275,7 +275,7 @@ class BehaviorConfig:
     max_new_tokens: int = 48
     keep_only_correct: bool = True
     # Sweep points that differ only in weighting or training settings sample the same data:
-    # keep it once under <cache_dir>/behavior and copy it into each run (pipeline.py).
+    # keep it once under <cache_dir>/behavior and copy it into each run (stages/behavior.py).
     reuse: bool = True
 
 
@@ -302,7 +302,7 @@ class SFTConfig:
 
 @dataclass
 class RLConfig:
-    """GRPO from the SFT checkpoint; pear_exp/stages/rl.py states the algorithm."""
+    """GRPO from the SFT checkpoint; pear_exp/train/grpo.py states the algorithm."""
 
     steps: int = 100  # rollout batches, each followed by `epochs` optimizer steps
     prompts_per_step: int = 64
@@ -353,7 +353,7 @@ class EvalConfig:
 @dataclass
 class DistributedConfig:
     """Multi-process training, used when torchrun (or a SLURM job with several tasks) starts
-    several processes; a single process ignores it (pear_exp/distributed.py)."""
+    several processes; a single process ignores it (pear_exp/train/distributed.py)."""
 
     strategy: ParallelStrategy = ParallelStrategy.ddp
     # How long ranks wait for each other (rank 0 samples, evaluates and writes alone meanwhile).

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from pear_exp.config import LossAggregation
+
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float = 1.0):
     """log softmax(logits / temperature) of each input token given its prefix.
@@ -52,7 +54,7 @@ def group_advantages(rewards: torch.Tensor, scale: bool = True, eps: float = 1e-
     return centered / (rewards.std(dim=1, unbiased=False, keepdim=True) + eps)
 
 
-AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm")
+AGGREGATIONS = tuple(mode.value for mode in LossAggregation)
 
 
 def aggregation_coefficients(mask: torch.Tensor, mode: str, max_new_tokens: int) -> torch.Tensor:

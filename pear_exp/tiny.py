@@ -97,7 +97,7 @@ def tiny_model_dir(cfg: ModelConfig, task: TaskConfig, cache_dir: str) -> Path:
     """Directory of the cached tiny model, building it first if it is not there."""
     path = Path(cache_dir).expanduser() / "tiny" / f"{cfg.name}-{_key(cfg, task)}"
     if not (path / "config.json").exists():
-        build_tiny_model(cfg, task, path)
+        build_tiny_model(cfg, task, path, cache_dir)
     return path
 
 
@@ -120,9 +120,10 @@ def solution_pairs(cfg: ModelConfig, task_cfg: TaskConfig, task, n: int,
     return pairs
 
 
-def pretraining_rows(cfg: ModelConfig, task_cfg: TaskConfig, tokenizer) -> list[Row]:
+def pretraining_rows(cfg: ModelConfig, task_cfg: TaskConfig, tokenizer,
+                     cache_dir: str | Path) -> list[Row]:
     tiny = cfg.tiny
-    task = make_task(task_cfg)
+    task = make_task(task_cfg, cache_dir)
     rng = random.Random(tiny.seed)
     if tiny.pretrain == PretrainData.solutions:
         pairs = solution_pairs(cfg, task_cfg, task, tiny.pretrain_examples, rng)
@@ -135,7 +136,7 @@ def pretraining_rows(cfg: ModelConfig, task_cfg: TaskConfig, tokenizer) -> list[
                      response_ids(tokenizer, response)) for user, response in pairs]
 
 
-def build_tiny_model(cfg: ModelConfig, task: TaskConfig, path: Path) -> None:
+def build_tiny_model(cfg: ModelConfig, task: TaskConfig, path: Path, cache_dir: str | Path) -> None:
     tiny = cfg.tiny
     print(f"[pear_exp] building tiny model {cfg.name!r} ({tiny.pretrain.value} pretraining, "
           f"{tiny.pretrain_steps} steps) -> {path}")
@@ -149,7 +150,7 @@ def build_tiny_model(cfg: ModelConfig, task: TaskConfig, path: Path) -> None:
         tie_word_embeddings=True, bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))
-    rows = pretraining_rows(cfg, task, tokenizer)
+    rows = pretraining_rows(cfg, task, tokenizer, cache_dir)
     sft = SFTConfig(
         steps=tiny.pretrain_steps, batch_size=tiny.batch_size, micro_batch_size=tiny.batch_size,
         lr=tiny.lr, warmup_steps=max(1, tiny.pretrain_steps // 10), log_every=10**9,

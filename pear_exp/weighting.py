@@ -27,7 +27,9 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-LEVELS = ("none", "token", "block", "sequence")
+from pear_exp.config import WeightLevel
+
+LEVELS = tuple(level.value for level in WeightLevel)  # the names pear_weights accepts
 STAT_KEYS = ("weight_mean", "weight_min", "weight_max", "weight_ess", "delta_clip_low_frac",
              "delta_clip_high_frac", "log_weight_clip_frac", "log_weight_floor_frac", "delta_mean")
 

@@ -17,7 +17,7 @@ from pear_exp.config import (
 from pear_exp.tiny import build_char_tokenizer
 from pear_exp.rollout.hf import HFEngine
 from pear_exp.train.grpo import train_grpo
-from pear_exp.stages.sft import train_sft
+from pear_exp.train.sft import train_sft
 from pear_exp.tasks.countdown import Countdown
 from tests.conftest import make_tiny_model
 from tests.test_grpo import ShortAnswerTask

@@ -11,6 +11,8 @@ from fractions import Fraction
 
 import pytest
 
+from pear_exp.config import CountdownTaskConfig
+from pear_exp.tasks import make_task
 from pear_exp.tasks.base import Problem
 from pear_exp.tasks.countdown import Countdown, check_expression, enumerate_expressions, extract_answer
 
@@ -185,6 +187,17 @@ def test_scorer_accepts_alternatives():
     r = Problem(id="x", prompt="Make 15 from 3 7 12", answer="")
     assert CD.score(r, "answer: 3*(12-7)") == 1.0
     assert CD.solutions(r) == CD.solutions(p)
+
+
+def test_batched_grading_and_config():
+    p = make((3, 7, 12), 15)
+    responses = ["answer: (12-7)*3", "answer: 12+7-3", "no answer here:", "answer: 12-7"]
+    assert CD.score_many([p] * 4, responses) == [CD.score(p, r) for r in responses] == [1.0, 0.0, 0.0, 0.0]
+    assert CD.classify_many([p] * 4, responses) == ["correct", "wrong", "no_answer", "wrong"]
+    with pytest.raises(ValueError):
+        CD.classify_many([p], responses)
+    cfg = CountdownTaskConfig(num_numbers=4, max_value=9, max_target=50)
+    assert Countdown.from_config(cfg) == make_task(cfg, "unused") == Countdown(4, 1, 9, 50)
 
 
 @pytest.mark.parametrize(

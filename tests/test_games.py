@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
+import pickle
 from fractions import Fraction
 
 import pytest
 import reasoning_gym
 
+from pear_exp.config import GameTaskConfig
 from pear_exp.tasks import games as G
+from pear_exp.tasks import make_task
 from pear_exp.tasks.base import Problem, Task
-from pear_exp.tasks.games import GymGame, decode_entry, encode_entry, extract_answer, format_answer
+from pear_exp.tasks.games import GymGame, extract_answer, format_answer, game_entry
 
 TINY_CHAIN = (("min_terms", 2), ("max_terms", 2), ("min_digits", 1), ("max_digits", 1))  # 200 questions
 
@@ -56,7 +58,7 @@ def test_problem_shape(problems):
     for p in ps:
         assert isinstance(p, Problem)
         hash(p)  # data is hashable
-        entry = decode_entry(p.data[0])
+        entry = game_entry(p)
         assert p.id == f"chain_sum-{G._question_hash(entry['question'])}"
         assert p.prompt.startswith(entry["question"].rstrip())
         assert p.prompt.endswith(G.DEFAULT_ANSWER_FORMAT)
@@ -66,14 +68,18 @@ def test_problem_shape(problems):
     assert set(G.DEFAULT_ANSWER_FORMAT) <= set(game.alphabet())
 
 
-def test_entry_encoding_keeps_types():
+def test_entries_keep_their_types(tmp_path, monkeypatch):
     entry = {
         "question": "q", "answer": None,
         "metadata": {"grid": ((1, 2), (3, 4)), "ints": {0: 1, 5: [2]}, "f": Fraction(3, 4), "s": {1, 2},
                      "l": [1, (2, 3)], "tk": {(1, 2): "a"}},
     }
-    assert decode_entry(encode_entry(entry)) == entry
-    assert json.loads(encode_entry(entry))  # plain JSON text
+    game = GymGame("chain_sum", cache_dir=str(tmp_path))
+    monkeypatch.setattr(reasoning_gym, "create_dataset", lambda name, size, seed, **kw: [entry] * size)
+    (fresh,) = game.sample_problems(1, seed=0)
+    (cached,) = game.sample_problems(1, seed=0)  # read back from the cache file
+    assert game_entry(fresh) == game_entry(cached) == entry
+    assert fresh == cached and hash(fresh) == hash(cached)
 
 
 # ---------------------------------------------------------------------------- grading
@@ -100,7 +106,7 @@ def test_countdown_partial_credit_is_not_a_pass(problems):
     game, ps = problems["countdown"]
     lenient = GymGame("countdown", params=game.params, pass_threshold=0.05)
     for p in ps[:20]:
-        nums = decode_entry(p.data[0])["metadata"]["numbers"]
+        nums = game_entry(p)["metadata"]["numbers"]
         partial = "answer: " + " + ".join(map(str, nums))  # right numbers; wrong value unless lucky
         if game.raw_score(p, extract_answer(partial)) >= 1.0:
             continue
@@ -136,7 +142,7 @@ def test_prime_factorization_never_raises(problems):
 def test_puzzle24_checks_the_numbers():
     game = GymGame("puzzle24")
     (p,) = game.sample_problems(1, seed=0)
-    nums = sorted(decode_entry(p.data[0])["metadata"]["numbers"])
+    nums = sorted(game_entry(p)["metadata"]["numbers"])
     assert game.score(p, p.answer) == 1.0
     foreign = "answer: 8*3*1*1" if nums != [1, 1, 3, 8] else "answer: 6*4*1*1"  # 24, other numbers
     assert game.score(p, foreign) == 0.0
@@ -161,7 +167,7 @@ def test_refused_games(name):
 def test_no_gold_games_with_reference_are_allowed():
     game = GymGame("rubiks_cube")
     for p in game.sample_problems(3, seed=0):
-        assert decode_entry(p.data[0])["answer"] is None
+        assert game_entry(p)["answer"] is None
         assert game.score(p, p.answer) == 1.0
         assert game.score(p, "answer: U") == 0.0
 
@@ -185,7 +191,7 @@ def test_split_disjoint_and_deterministic():
     assert len(train) == 100 and len(ev) == 60
     tr_ids, ev_ids = {p.id for p in train}, {p.id for p in ev}
     assert len(tr_ids) == 100 and len(ev_ids) == 60 and not tr_ids & ev_ids
-    norm = lambda p: " ".join(decode_entry(p.data[0])["question"].split())  # noqa: E731
+    norm = lambda p: " ".join(game_entry(p)["question"].split())  # noqa: E731
     assert not {norm(p) for p in train} & {norm(p) for p in ev}
     assert game.split(100, 60, seed=3) == (train, ev)
     assert game.split(100, 60, seed=4) != (train, ev)
@@ -210,8 +216,9 @@ def test_cache_is_used(tmp_path, monkeypatch):
     train, ev = game.split(40, 20, seed=7)
     assert calls, "first call must generate"
     files = os.listdir(tmp_path)
-    assert files and all(f.endswith(".jsonl") and not f.startswith(".tmp") for f in files)
-    header = json.loads(open(tmp_path / files[0]).readline())["key"]
+    assert files and all(f.endswith(".pkl") and not f.startswith(".tmp") for f in files)
+    with open(tmp_path / files[0], "rb") as f:
+        header = pickle.load(f)["key"]
     assert header["name"] == "chain_sum" and header["reasoning_gym"] == G.rg_version()
     n_calls = len(calls)
     assert game.split(40, 20, seed=7) == (train, ev)
@@ -227,3 +234,21 @@ def test_cache_is_used(tmp_path, monkeypatch):
     n_calls = len(calls)
     assert game.split(40, 20, seed=7) == (train, ev)
     assert len(calls) > n_calls
+
+
+def test_make_task_caches_games_under_the_runs_cache_dir(tmp_path):
+    game = make_task(GameTaskConfig(game="chain_sum", game_params={"max_terms": 3}), tmp_path)
+    assert game == GymGame("chain_sum", params=(("max_terms", 3),), cache_dir=str(tmp_path / "games"))
+    game.sample_problems(2, seed=0)
+    assert os.listdir(tmp_path / "games")
+    with pytest.raises(ValueError, match="task.game"):
+        make_task(GameTaskConfig(), tmp_path)
+
+
+def test_batched_grading_maps_score(problems):
+    game, ps = problems["chain_sum"]
+    responses = [ps[0].answer, "answer: hello", "   \n", ps[3].answer]
+    assert game.score_many(ps[:4], responses) == [game.score(p, r) for p, r in zip(ps, responses)]
+    assert game.classify_many(ps[:4], responses) == ["correct", "wrong", "no_answer", "correct"]
+    with pytest.raises(ValueError):
+        game.score_many(ps[:2], responses)

@@ -11,6 +11,7 @@ from pear_exp.train.distributed import World
 from pear_exp.losses import aggregation_coefficients, group_advantages, grpo_token_loss
 from pear_exp.policy import TokenLogProbs
 from pear_exp.train.grpo import RolloutBatch, update
+from pear_exp.tasks.base import PerResponseGrading
 from tests.conftest import make_tiny_model
 
 
@@ -147,7 +148,7 @@ class StaleEngine:
         pass
 
 
-class ParityTask:
+class ParityTask(PerResponseGrading):
     """Rewards responses of even character length: a random model gets mixed rewards, so the
     policy gradient is non-zero from the first step (the Countdown verifier would give all 0)."""
 
@@ -191,7 +192,7 @@ def test_stale_engine_weights_stop_the_run(tokenizer):
         run_grpo(tokenizer, StaleEngine, lr=0.05, warmup_steps=1)
 
 
-class ShortAnswerTask:
+class ShortAnswerTask(PerResponseGrading):
     def score(self, problem, response):
         return float(len(response) <= 3)
 

@@ -17,7 +17,8 @@ import pear_exp.train.grpo as rl_stage
 import pear_exp.train.sft as sft_stage
 from pear_exp.config import RLConfig, SFTConfig, WeightingConfig, WeightLevel
 from pear_exp.errors import NonFiniteError
-from pear_exp.stages.sft import train_sft
+from pear_exp.tasks.base import PerResponseGrading
+from pear_exp.train.sft import train_sft
 from pear_exp.weighting import pear_weights_with_stats
 from tests.conftest import make_tiny_model
 from tests.test_sft import rows_for
@@ -139,7 +140,7 @@ def test_sft_non_finite_at_the_first_step_says_there_is_no_checkpoint(tokenizer,
 
 
 # ----------------------------------------------------------------------------- RL
-class ParityTask:
+class ParityTask(PerResponseGrading):
     """Rewards responses of even character length: mixed rewards from a random model."""
 
     def score(self, problem, response):

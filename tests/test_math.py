@@ -1,12 +1,13 @@
 """Math task: loading, answer extraction, equivalence, time bounds, split.
 
-Expected outcomes were decided by hand (see pear_exp/tasks/math.py for the documented rules).
-Grading workers are warmed once per module; timing checks use a 1 s bound and assert
+Expected outcomes were decided by hand (see pear_exp/tasks/math_grading.py for the documented
+rules). Grading workers are warmed once per module; timing checks use a 1 s bound and assert
 wall < timeout + 2 s.
 """
 
 import hashlib
 import json
+import multiprocessing.spawn
 import sys
 import threading
 import time
@@ -14,21 +15,20 @@ import types
 
 import pytest
 
+from pear_exp.config import MathTaskConfig
+from pear_exp.tasks import make_task
 from pear_exp.tasks import math as M
+from pear_exp.tasks import math_grading as G
 from pear_exp.tasks.base import Problem
-from pear_exp.tasks.math import (
-    DATA_DIR,
-    INSTRUCTION,
+from pear_exp.tasks.math import DATA_DIR, INSTRUCTION, SHIPPED_SETS, MathTask, load_problems
+from pear_exp.tasks.math_grading import (
     MAX_ANSWER_CHARS,
-    SHIPPED_SETS,
-    MathTask,
     classify,
     classify_many,
     equivalent_many,
     extract_answer,
     grade,
     grade_many,
-    load_problems,
     warm_up,
 )
 
@@ -37,12 +37,12 @@ T = 1.0  # per-check bound in the pathological tests
 
 @pytest.fixture(scope="module", autouse=True)
 def _workers():
-    warm_up(2)
+    warm_up()
     yield
 
 
 def _timed(fn, *args):
-    warm_up(2)  # a replacement for a killed worker must be ready before the clock starts
+    warm_up()  # a replacement for a killed worker must be ready before the clock starts
     t0 = time.monotonic()
     out = fn(*args)
     return out, time.monotonic() - t0
@@ -94,7 +94,7 @@ def test_every_gold_answer_grades_against_itself():
     golds = [p.answer for p in problems]
     assert grade_many(responses, golds, timeout=30) == [1.0] * 560
     # The same through math-verify itself (the string / integer fast paths bypassed).
-    got = M._verify_many([(g, extract_answer(r)) for g, r in zip(golds, responses)], timeout=30)
+    got = G._verify_many([(g, extract_answer(r)) for g, r in zip(golds, responses)], timeout=30)
     failed = [(p.id, p.answer, o) for p, o in zip(problems, got) if o != "correct"]
     assert failed == []
 
@@ -106,7 +106,7 @@ def test_math500_solution_boxes_equal_answers_and_no_false_positives():
     # Each solution against the NEXT problem's gold: only genuinely equal values may match.
     golds = [r["answer"] for r in rows]
     shifted = golds[1:] + golds[:1]
-    out = M._verify_many(list(zip(shifted, extracted)), timeout=30)
+    out = G._verify_many(list(zip(shifted, extracted)), timeout=30)
     matches = sorted({(g, e) for g, e, o in zip(shifted, extracted, out) if o == "correct"})
     assert {(g, e) for g, e in matches if g != e} <= {("x=5", "5")}  # "x=5" == "5" by design
 
@@ -255,7 +255,7 @@ def test_batch_with_pathological_items_never_hangs():
     responses = [PATHOLOGICAL["huge exponent"], "\\boxed{\\dfrac{3}{6}}", "\\boxed{4}", "no box",
                  PATHOLOGICAL["1 MB of text"], "\\boxed{\\sqrt{4}}"]
     golds = ["1", "\\frac12", "5", "1", "1", "2"]
-    out, wall = _timed(classify_many, responses, golds, T, 2)
+    out, wall = _timed(classify_many, responses, golds, T)
     assert out == ["timeout", "correct", "wrong", "no_answer", "wrong", "correct"]
     assert wall < T + 2
 
@@ -277,14 +277,13 @@ def test_grading_from_threads():
 
 
 def test_broken_environment_raises_instead_of_scoring_zero(monkeypatch, tmp_path):
-    fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\nexit 3\n")
-    fake.chmod(0o755)
-    monkeypatch.setattr(M, "_POOL", M._Pool())  # a private pool; the shared one is left alone
-    monkeypatch.setattr(M.sys, "executable", str(fake))
+    (tmp_path / "math_verify.py").write_text("raise ImportError('a broken math-verify')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # spawned workers start with the caller's sys.path
+    monkeypatch.setattr(G, "_POOL", None)  # private pools; the shared one is left alone
     with pytest.raises(RuntimeError, match="start-up"):
         grade("\\boxed{\\frac{2}{4}}", "0.5")
-    monkeypatch.setattr(M.sys, "executable", str(tmp_path / "missing"))
+    monkeypatch.setattr(multiprocessing.spawn, "_python_exe", multiprocessing.spawn.get_executable())
+    multiprocessing.spawn.set_executable(str(tmp_path / "missing"))  # undone by monkeypatch
     with pytest.raises(RuntimeError, match="cannot start"):
         grade("\\boxed{\\frac{2}{4}}", "0.5")
     assert grade("\\boxed{1}", "1") == 1.0  # fast path: no worker needed
@@ -405,6 +404,10 @@ def test_task_score_and_classify():
     assert isinstance(p, Problem) and p.answer == "204"
     assert task.score(p, "... so it takes \\boxed{204} minutes") == 1.0
     assert task.score(p, "\\boxed{205}") == 0.0
-    assert task.classify(p, "I give up") == "no_answer"
+    assert task.classify_many([p], ["I give up"]) == ["no_answer"]
     assert task.score_many([p, p], ["\\boxed{0204}", "\\boxed{2}"]) == [1.0, 0.0]
     assert task.solutions(p) and task.score(p, task.solutions(p)[0]) == 1.0
+    with pytest.raises(ValueError):
+        task.score_many([p], [])
+    cfg = MathTaskConfig(eval_set="aime2024", train_set="math500", grade_timeout=7.0)
+    assert make_task(cfg, "unused") == MathTask(eval_set="aime2024", train_set="math500", timeout=7.0)

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pear_exp import errors
+from pear_exp import errors, preflight
 from pear_exp.__main__ import CONF_DIR
 from pear_exp.config import register_configs
 
@@ -48,7 +48,7 @@ def test_the_preset_offline_stops_with_the_keys_and_the_overrides(tmp_path):
 def test_only_the_sources_the_stages_load_are_needed(tmp_path):
     cfg = typed(["+experiment=aime_qwen3"])
     run_dir = tmp_path / "run"
-    assert errors.needed_hub_sources(cfg, run_dir) == [
+    assert preflight.needed_hub_sources(cfg, run_dir) == [
         ("model.path", "Qwen/Qwen3-4B-Base", "model"),
         ("teacher.path", "Qwen/Qwen3-32B", "model"),
         ("task.train_set", "agentica-org/DeepScaleR-Preview-Dataset@train", "dataset"),
@@ -57,15 +57,15 @@ def test_only_the_sources_the_stages_load_are_needed(tmp_path):
     train.write_text('{"problem": "1+1", "answer": "2"}\n')
     local = typed(["+experiment=aime_qwen3", f"model.path={tmp_path}", f"task.train_set={train}",
                    "stages=[sft,rl,evaluate]", "task.eval_set=HuggingFaceH4/MATH-500@test"])
-    assert errors.needed_hub_sources(local, run_dir) == [
+    assert preflight.needed_hub_sources(local, run_dir) == [
         ("task.eval_set", "HuggingFaceH4/MATH-500@test", "dataset")]  # no behavior: no teacher
     (run_dir / "behavior").mkdir(parents=True)
     (run_dir / "behavior" / "DONE").write_text("")  # sampled earlier: the teacher is not loaded
-    assert [k for k, _, _ in errors.needed_hub_sources(cfg, run_dir)] == ["model.path",
+    assert [k for k, _, _ in preflight.needed_hub_sources(cfg, run_dir)] == ["model.path",
                                                                          "task.train_set"]
     scored = typed(["+experiment=aime_qwen3", "behavior.source=dataset", "behavior.top_p=1.0",
                     "behavior.dataset=someone/traces"])
-    assert ("behavior.dataset", "someone/traces", "dataset") in errors.needed_hub_sources(
+    assert ("behavior.dataset", "someone/traces", "dataset") in preflight.needed_hub_sources(
         scored, tmp_path / "other")
 
 
@@ -82,8 +82,8 @@ def test_after_the_hub_fails_to_answer_the_rest_are_not_tried(monkeypatch, tmp_p
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # "online"
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
-    monkeypatch.setattr(errors, "_cached", lambda source, kind: False)
-    missing = errors.unavailable_sources(typed(["+experiment=aime_qwen3"]), tmp_path / "run")
+    monkeypatch.setattr(preflight, "_cached", lambda source, kind: False)
+    missing = preflight.unavailable_sources(typed(["+experiment=aime_qwen3"]), tmp_path / "run")
     assert calls == ["Qwen/Qwen3-4B-Base"]  # each further try would cost ~25 s of retries
     assert [(m.key, m.reason) for m in missing] == [
         (key, "not in the local cache, and the hub cannot be reached")

@@ -33,7 +33,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E40
 from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 from pear_exp.config import (  # noqa: E402
-    BehaviorConfig, BehaviorSource, RLConfig, SFTConfig, TaskConfig, WeightingConfig, WeightLevel,
+    BehaviorConfig, BehaviorSource, CountdownTaskConfig, RLConfig, SFTConfig, WeightingConfig,
+    WeightLevel,
 )
 from pear_exp.models import end_of_turn_ids, prompt_ids, save_dir  # noqa: E402
 from pear_exp.tiny import build_char_tokenizer  # noqa: E402
@@ -101,7 +102,7 @@ def countdown_data(s: Settings, out_dir: Path):
     """Countdown problems and one random valid solution each, as a prompt/response JSONL."""
     import random
 
-    task = make_task(TaskConfig())
+    task = make_task(CountdownTaskConfig(), out_dir)  # countdown: generated, nothing cached
     problems = task.sample_problems(s.rows, seed=0)
     rng = random.Random(0)
     path = out_dir / "countdown.jsonl"

@@ -32,13 +32,9 @@ from pear_exp.tracking import Tracker
 
 def outcomes(task, problems: list[Problem], completions: list[Completion],
              texts: list[str]) -> list[str]:
-    """"correct" | "wrong" | "no_answer" | "timeout" | "truncated" for each decoded response."""
-    if hasattr(task, "classify_many"):  # math: one batch through the grading workers
-        labels = task.classify_many(problems, texts)
-    else:
-        labels = ["correct" if task.score(p, t) == 1.0
-                  else "no_answer" if task.extract(t) is None else "wrong"
-                  for p, t in zip(problems, texts)]
+    """"correct" | "wrong" | "no_answer" | "timeout" | "truncated" for each decoded response
+    (one batch through the task's grader: math grades on its worker pool)."""
+    labels = task.classify_many(problems, texts)
     return ["truncated" if c.finish_reason != "stop" else label
             for c, label in zip(completions, labels)]
 

@@ -1,8 +1,8 @@
 """Tasks: training prompts, an evaluation set and a verifier, shared by every stage.
 
 A task is a plain frozen dataclass with `split(n_train, n_eval, seed) -> (train, eval)`,
-`score(problem, response) -> 1.0 / 0.0` and `solutions(problem)`; math tasks also `classify`
-a response as correct / wrong / no_answer / timeout.
+`solutions(problem)` and batched grading, `classify_many(problems, responses)` (correct / wrong /
+no_answer / timeout) and `score_many(problems, responses)` (1.0 / 0.0); see tasks/base.py.
 """
 
 from pathlib import Path
@@ -10,25 +10,21 @@ from pathlib import Path
 from pear_exp.config import TaskConfig, TaskKind
 from pear_exp.tasks.base import Problem, Task
 from pear_exp.tasks.countdown import Countdown
+from pear_exp.tasks.math import MathTask
 
 
-def make_task(cfg: TaskConfig) -> Task:
+def make_task(cfg: TaskConfig, cache_dir: str | Path) -> Task:
+    """The configured task; ``cache_dir`` is the run's cache directory (games keep generated
+    problems under ``<cache_dir>/games``)."""
     if cfg.kind == TaskKind.countdown:
-        return Countdown(num_numbers=cfg.num_numbers, min_value=cfg.min_value,
-                         max_value=cfg.max_value, max_target=cfg.max_target)
+        return Countdown.from_config(cfg)
     if cfg.kind == TaskKind.math:
-        from pear_exp.tasks.math import MathTask
+        return MathTask.from_config(cfg)
+    from pear_exp.tasks.games import GymGame  # imports reasoning-gym, slow: only when a game is run
 
-        return MathTask(eval_set=cfg.eval_set, train_set=cfg.train_set, timeout=cfg.grade_timeout)
-    from pear_exp.tasks.games import GymGame
-
-    if not cfg.game:
-        raise ValueError("task.kind=game needs task.game=<reasoning-gym generator name>")
-    cache = Path("~/.cache/pear_exp/games").expanduser()
-    return GymGame(name=cfg.game, params=tuple(sorted(cfg.game_params.items())),
-                   cache_dir=str(cache))
+    return GymGame.from_config(cfg, cache_dir)
 
 
-def split(cfg: TaskConfig) -> tuple[list[Problem], list[Problem]]:
+def split(cfg: TaskConfig, cache_dir: str | Path) -> tuple[list[Problem], list[Problem]]:
     """The task's (training, evaluation) problems; disjoint, fixed by task.data_seed."""
-    return make_task(cfg).split(cfg.num_train, cfg.num_eval, cfg.data_seed)
+    return make_task(cfg, cache_dir).split(cfg.num_train, cfg.num_eval, cfg.data_seed)

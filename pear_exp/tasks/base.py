@@ -1,9 +1,15 @@
 """Types shared by every task (game) of the experiments.
 
 A task turns a seed into :class:`Problem` instances, knows every correct response of an instance
-(``solutions``) and grades any response string (``score``, 1.0 or 0.0, never raises). Problems are
-identified by ``id``: two problems with the same id are the same instance, which is how evaluation
-instances are kept out of training.
+(``solutions``) and grades response strings. Problems are identified by ``id``: two problems with
+the same id are the same instance, which is how evaluation instances are kept out of training.
+
+Grading is batched, one call path for every stage: ``classify_many(problems, responses)`` gives
+each pair's outcome, "correct", "wrong", "no_answer" (nothing extracted) or "timeout" (math: the
+check overran its bound), and ``score_many`` the matching rewards, 1.0 for "correct" else 0.0.
+Neither raises on any response; both raise ValueError for lists of different lengths. Math grades
+a batch in parallel on its worker pool; countdown and games grade in-process one by one
+(:class:`PerResponseGrading`). ``score(problem, response)`` grades a single response.
 
 maj@k (stages/evaluate.py) counts two samples as the same answer when ``extract`` gives identical
 strings, or, for a task that has ``equivalent_many(pairs of extracted answers) -> list[bool]``
@@ -13,7 +19,7 @@ strings, or, for a task that has ``equivalent_many(pairs of extracted answers) -
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -44,8 +50,24 @@ class Task(Protocol):
 
     def solutions(self, problem: Problem) -> list[str]: ...
 
-    def score(self, problem: Problem, response: str) -> float: ...
-
     def extract(self, response: str) -> str | None: ...
 
+    def classify_many(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[str]: ...
+
+    def score_many(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[float]: ...
+
+    def score(self, problem: Problem, response: str) -> float: ...
+
     def alphabet(self) -> str: ...
+
+
+class PerResponseGrading:
+    """The batched grading of a task whose ``score`` grades one response in-process, quickly and
+    without raising, 1.0 or 0.0 (countdown, games): it is mapped over the batch."""
+
+    def score_many(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[float]:
+        return [self.score(p, r) for p, r in zip(problems, responses, strict=True)]
+
+    def classify_many(self, problems: Sequence[Problem], responses: Sequence[str]) -> list[str]:
+        return ["correct" if s == 1.0 else "no_answer" if self.extract(r) is None else "wrong"
+                for r, s in zip(responses, self.score_many(problems, responses))]

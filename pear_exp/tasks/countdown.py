@@ -65,7 +65,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-from pear_exp.tasks.base import Problem
+from pear_exp.config import CountdownTaskConfig
+from pear_exp.tasks.base import PerResponseGrading, Problem
 
 __all__ = ["Countdown", "Problem", "STYLES", "enumerate_expressions", "restyle"]
 
@@ -251,13 +252,18 @@ def check_expression(expr: str, numbers: tuple[int, ...] | list[int], target: in
 
 
 @dataclass(frozen=True)
-class Countdown:
+class Countdown(PerResponseGrading):
     """Countdown with ``num_numbers`` numbers in [min_value, max_value], targets in [1, max_target]."""
 
     num_numbers: int = 3
     min_value: int = 1
     max_value: int = 20
     max_target: int = 999
+
+    @classmethod
+    def from_config(cls, cfg: CountdownTaskConfig) -> Countdown:
+        return cls(num_numbers=cfg.num_numbers, min_value=cfg.min_value, max_value=cfg.max_value,
+                   max_target=cfg.max_target)
 
     def __post_init__(self) -> None:
         if self.num_numbers < 1:

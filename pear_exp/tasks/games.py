@@ -60,18 +60,18 @@ Games without gold answers (``entry["answer"] is None`` for every item in 0.1.25
 Identity, splits, caching
     ``Problem.id = f"{name}-{sha256(normalised question)[:16]}"`` (normalised: whitespace runs
     collapsed to one space, ends stripped); problems are deduplicated by it. ``Problem.data =
-    (entry_json,)``: the whole generator entry (question, answer, metadata) as a JSON string in a
-    tagged encoding that keeps tuples, non-string dict keys, sets and Fractions (plain JSON would
-    turn arc_agi's tuple grids into lists, which its scorer then rejects; gsm_symbolic metadata
-    holds Fractions). ``split`` draws eval first (reasoning-gym seed derived from ("eval", seed)),
-    then train (seed from ("train", seed)) with the eval ids excluded explicitly. A draw asks the
-    generator for ``n`` items, then for more in further chunks (new derived seeds) while
-    duplicates/excluded items leave it short, and gives up (ValueError) after ~10n+100 items.
-    With ``cache_dir`` each generated chunk is a JSONL file keyed by (name, params, size, seed,
-    reasoning-gym version): a header line with the key, then one encoded entry per line, written
-    to a temporary file and renamed into place (atomic); later calls read it instead of
-    generating (slow generators: knight_swap, sokoban, futoshiki, puzzle24, zebra_puzzles take
-    0.1-0.4 s per item on one core).
+    (pickled entry,)``: the whole generator entry (question, answer, metadata) pickled, so that it
+    stays hashable and keeps its types (arc_agi's tuple grids, which its scorer needs as tuples;
+    gsm_symbolic's Fractions); ``game_entry(problem)`` unpickles it. ``split`` draws eval first
+    (reasoning-gym seed derived from ("eval", seed)), then train (seed from ("train", seed)) with
+    the eval ids excluded explicitly. A draw asks the generator for ``n`` items, then for more in
+    further chunks (new derived seeds) while duplicates/excluded items leave it short, and gives up
+    (ValueError) after ~10n+100 items. With ``cache_dir`` each generated chunk is a pickle file
+    keyed by (name, params, size, seed, reasoning-gym version), holding the key and the pickled
+    entries, written to a temporary file and renamed into place (atomic); later calls read it
+    instead of generating (slow generators: knight_swap, sokoban, futoshiki, puzzle24,
+    zebra_puzzles take 0.1-0.4 s per item on one core). A cache file is trusted like code (it is
+    unpickled): it lives in the run's own cache directory.
 """
 
 from __future__ import annotations
@@ -82,19 +82,21 @@ import hashlib
 import io
 import json
 import math
-import os
+import pickle
 import re
 import string
-import tempfile
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import lru_cache
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any
 
 import reasoning_gym
 from reasoning_gym.factory import DATASETS
 
-from pear_exp.tasks.base import Problem
+from pear_exp.config import GameTaskConfig
+from pear_exp.files import atomic_write
+from pear_exp.tasks.base import PerResponseGrading, Problem
 from pear_exp.tasks.countdown import check_expression
 
 __all__ = [
@@ -103,8 +105,7 @@ __all__ = [
     "REFUSED",
     "GymGame",
     "available_games",
-    "decode_entry",
-    "encode_entry",
+    "game_entry",
     "extract_answer",
     "format_answer",
     "rg_version",
@@ -151,78 +152,14 @@ def available_games() -> list[str]:
 def rg_version() -> str:
     """The installed reasoning-gym distribution version (its ``__version__`` lags: 0.1.19)."""
     try:
-        from importlib.metadata import version
-
         return version("reasoning_gym")
     except Exception:
         return str(getattr(reasoning_gym, "__version__", "unknown"))
 
 
-# ---------------------------------------------------------------------------- entry encoding
-_T = "\u0000rg:"  # tag prefix; cannot clash with a real key in practice
-
-
-def _enc(x: Any) -> Any:
-    if x is None or isinstance(x, (bool, int, float, str)):
-        return x
-    if isinstance(x, list):
-        return [_enc(v) for v in x]
-    if isinstance(x, tuple):
-        return {_T + "tuple": [_enc(v) for v in x]}
-    if isinstance(x, dict):
-        if all(isinstance(k, str) and not k.startswith(_T) for k in x):
-            return {k: _enc(v) for k, v in x.items()}
-        return {_T + "dict": [[_enc(k), _enc(v)] for k, v in x.items()]}
-    if isinstance(x, Fraction):
-        return {_T + "fraction": [x.numerator, x.denominator]}
-    if isinstance(x, (set, frozenset)):
-        items = sorted((_enc(v) for v in x), key=lambda v: json.dumps(v, sort_keys=True))
-        return {_T + ("frozenset" if isinstance(x, frozenset) else "set"): items}
-    # numpy scalars and the like
-    if hasattr(x, "item") and callable(x.item):
-        return _enc(x.item())
-    if hasattr(x, "tolist") and callable(x.tolist):
-        return _enc(x.tolist())
-    raise TypeError(f"cannot encode {type(x).__name__} in a reasoning-gym entry")
-
-
-def _hashable(x: Any) -> Any:
-    if isinstance(x, list):
-        return tuple(_hashable(v) for v in x)
-    if isinstance(x, dict):
-        return tuple((k, _hashable(v)) for k, v in x.items())
-    return x
-
-
-def _dec(x: Any) -> Any:
-    if isinstance(x, list):
-        return [_dec(v) for v in x]
-    if isinstance(x, dict):
-        if len(x) == 1:
-            (k, v), = x.items()
-            if k.startswith(_T):
-                kind = k[len(_T) :]
-                if kind == "tuple":
-                    return tuple(_dec(e) for e in v)
-                if kind == "dict":
-                    return {_hashable(_dec(a)): _dec(b) for a, b in v}
-                if kind == "fraction":
-                    return Fraction(v[0], v[1])
-                if kind == "set":
-                    return {_hashable(_dec(e)) for e in v}
-                if kind == "frozenset":
-                    return frozenset(_hashable(_dec(e)) for e in v)
-        return {k: _dec(v) for k, v in x.items()}
-    return x
-
-
-def encode_entry(entry: dict[str, Any]) -> str:
-    """A reasoning-gym entry as a JSON string that ``decode_entry`` turns back into an equal dict."""
-    return json.dumps(_enc(entry), ensure_ascii=False, separators=(",", ":"))
-
-
-def decode_entry(text: str) -> dict[str, Any]:
-    return _dec(json.loads(text))
+def game_entry(problem: Problem) -> dict[str, Any]:
+    """The generator's entry (question, answer, metadata) a problem was made from."""
+    return pickle.loads(problem.data[0])
 
 
 # ---------------------------------------------------------------------------- answers
@@ -274,7 +211,7 @@ def _scorer_dataset(name: str, params: tuple[tuple[str, object], ...]) -> Any:
 
 
 @dataclass(frozen=True)
-class GymGame:
+class GymGame(PerResponseGrading):
     """One reasoning-gym generator with fixed params; see the module docstring for conventions."""
 
     name: str
@@ -282,6 +219,14 @@ class GymGame:
     cache_dir: str | None = None
     answer_format: str = DEFAULT_ANSWER_FORMAT
     pass_threshold: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg: GameTaskConfig, cache_dir: str | Path) -> GymGame:
+        """The configured game; generated problems are cached under ``<cache_dir>/games``."""
+        if not cfg.game:
+            raise ValueError("task.kind=game needs task.game=<reasoning-gym generator name>")
+        return cls(name=cfg.game, params=tuple(sorted(cfg.game_params.items())),
+                   cache_dir=str(Path(cache_dir).expanduser() / "games"))
 
     def __post_init__(self) -> None:
         name = self.name
@@ -322,44 +267,30 @@ class GymGame:
             raise ValueError(f"reasoning-gym game {name!r}: params {dict(pairs)!r} rejected by the generator: {type(e).__name__}: {e}") from e
 
     # ------------------------------------------------------------------ generation
-    def _cache_path(self, size: int, rg_seed: int) -> tuple[str, dict[str, Any]]:
+    def _cache_path(self, size: int, rg_seed: int) -> tuple[Path, dict[str, Any]]:
         key = {"name": self.name, "params": repr(self.params), "size": size, "seed": rg_seed, "reasoning_gym": rg_version()}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
         assert self.cache_dir is not None
-        return os.path.join(self.cache_dir, f"{self.name}-{digest}.jsonl"), key
+        return Path(self.cache_dir) / f"{self.name}-{digest}.pkl", key
 
-    def _generate(self, size: int, rg_seed: int) -> list[str]:
-        """``size`` encoded entries of the generator for ``rg_seed`` (from the cache when possible)."""
+    def _generate(self, size: int, rg_seed: int) -> list[bytes]:
+        """``size`` pickled entries of the generator for ``rg_seed`` (from the cache when possible)."""
         path = key = None
         if self.cache_dir is not None:
             path, key = self._cache_path(size, rg_seed)
             try:
-                with open(path, encoding="utf-8") as f:
-                    header = json.loads(f.readline())
-                    lines = [ln.rstrip("\n") for ln in f if ln.strip()]
-                if header == {"key": key} and len(lines) == size:
-                    return lines
-            except (OSError, ValueError):
+                with open(path, "rb") as f:
+                    cached = pickle.load(f)
+                if cached["key"] == key and len(cached["entries"]) == size:
+                    return cached["entries"]
+            except Exception:  # missing, or not a file we wrote: generate again
                 pass
         with contextlib.redirect_stdout(io.StringIO()):
             ds = reasoning_gym.create_dataset(self.name, size=size, seed=rg_seed, **dict(self.params))
-            lines = [encode_entry(ds[i]) for i in range(size)]
+            entries = [pickle.dumps(ds[i]) for i in range(size)]
         if path is not None:
-            os.makedirs(self.cache_dir, exist_ok=True)  # type: ignore[arg-type]
-            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".jsonl")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(json.dumps({"key": key}, sort_keys=True) + "\n")
-                    for ln in lines:
-                        f.write(ln + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        return lines
+            atomic_write(path, pickle.dumps({"key": key, "entries": entries}))
+        return entries
 
     def _reference(self, entry: dict[str, Any]) -> str | None:
         gold = entry.get("answer")
@@ -371,14 +302,14 @@ class GymGame:
             return None
         return gold if isinstance(gold, str) else str(gold)
 
-    def _problem(self, line: str, entry: dict[str, Any]) -> Problem:
+    def _problem(self, blob: bytes, entry: dict[str, Any]) -> Problem:
         question = str(entry["question"])
         gold = self._reference(entry)
         return Problem(
             id=f"{self.name}-{_question_hash(question)}",
             prompt=f"{question.rstrip()}\n\n{self.answer_format}",
             answer=format_answer(gold) if gold is not None else "",
-            data=(line,),
+            data=(blob,),
         )
 
     def _draw(self, n: int, tag: str, seed: int, exclude: frozenset[str] | set[str]) -> list[Problem]:
@@ -396,13 +327,13 @@ class GymGame:
             short = n - len(out)
             size = short if chunk == 0 else min(max(2 * short, 16), budget - generated)
             rg_seed = _derive_seed(tag, seed, chunk)
-            for line in self._generate(size, rg_seed):
-                entry = decode_entry(line)
+            for blob in self._generate(size, rg_seed):
+                entry = pickle.loads(blob)
                 pid = f"{self.name}-{_question_hash(str(entry['question']))}"
                 if pid in seen or pid in exclude:
                     continue
                 seen.add(pid)
-                out.append(self._problem(line, entry))
+                out.append(self._problem(blob, entry))
                 if len(out) == n:
                     break
             generated += size
@@ -423,7 +354,7 @@ class GymGame:
     # ------------------------------------------------------------------ grading
     def raw_score(self, problem: Problem, answer: str) -> float:
         """The (possibly partial-credit) score of an already-extracted answer; may raise."""
-        entry = decode_entry(problem.data[0])
+        entry = game_entry(problem)
         if self.name == "game_of_life_halting":
             gold = entry.get("answer")
             return 1.0 if isinstance(gold, str) and _norm_bool_text(answer) == _norm_bool_text(gold) else 0.0
