@@ -21,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from pear_exp import errors, preflight
 import pear_exp.config as config_module
 from pear_exp.config import (
-    ROLLOUT_SCHEMAS,
     TASK_SCHEMAS,
+    VLLM_ONLY,
     Config,
     ConfigValueError,
-    RolloutConfig,
+    Engine,
     TaskConfig,
     register_configs,
 )
@@ -93,7 +93,7 @@ def check_values(args: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             dict_cfg = compose(config_name="config", overrides=args)
-        OmegaConf.to_object(dict_cfg)
+        cfg = OmegaConf.to_object(dict_cfg)
     except ConfigValueError:
         raise
     except Exception as err:
@@ -104,10 +104,15 @@ def check_values(args: list[str]) -> None:
             raise ConfigKeyError(f"error: '{foreign.group(3)}' is not a key of the chosen option "
                                  f"({schema.__name__}).\nValid keys: {keys}") from None
         return  # anything else (a misspelt option, a bad value type): Hydra reports it in main()
+    given = [a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a]
+    vllm_keys = [k for k in given if k.startswith("rollout.") and k[8:] in VLLM_ONLY]
+    if cfg.rollout.engine == Engine.hf and vllm_keys:
+        raise ConfigKeyError(f"error: {', '.join(vllm_keys)}: vLLM settings, unused with "
+                             f"rollout=hf (choose rollout=vllm, or leave them out)")
 
 
 # The groups whose options each have their own schema (a subclass of the field's type).
-OPTION_SCHEMAS = {TaskConfig: TASK_SCHEMAS, RolloutConfig: ROLLOUT_SCHEMAS}
+OPTION_SCHEMAS = {TaskConfig: TASK_SCHEMAS}
 
 
 def _dataclass_of(annotation) -> type | None:

@@ -29,7 +29,7 @@ class WeightLevel(Enum):
 
 
 class Normalization(Enum):
-    tokens = "tokens"  # N = number of loss tokens in the optimizer step (PEAR.md default)
+    tokens = "tokens"  # N = loss tokens in the optimizer step (docs/method.md, Normalisation)
     weights = "weights"  # self-normalised: N = sum of W over the optimizer step
 
 
@@ -168,8 +168,9 @@ class WeightingConfig:
     gamma: float = 0.999
     delta_clip: list[float] = field(default_factory=lambda: [-0.08, 0.3])
     log_weight_clip: list[float] = field(default_factory=lambda: [-10.0, 5.0])
-    # The target policy is the current model evaluated at the RL sampling temperature (PEAR.md):
-    # conf/config.yaml sets ${rl.temperature}; 1.0 is the default of Python-built configs.
+    # The target policy is the current model evaluated at the RL sampling temperature
+    # (docs/method.md, Target policy): conf/config.yaml sets ${rl.temperature}; 1.0 is the
+    # default of Python-built configs.
     target_temperature: float = 1.0
     normalization: Normalization = Normalization.tokens
 
@@ -223,32 +224,21 @@ class GameTaskConfig(TaskConfig):
     game_params: dict[str, Any] = field(default_factory=dict)
 
 
+# Settings only the vLLM engine reads. The GPU presets set them and stay switchable to the hf
+# engine (`+experiment=aime_qwen3 rollout=hf`, as the real-shape tests run every preset), so the
+# schema keeps them whichever engine is chosen; given on the command line with rollout=hf, they
+# are refused (pear_exp/__main__.py check_values) as a key of another option would be.
+VLLM_ONLY = ("tensor_parallel_size", "policy_tensor_parallel_size", "gpu_memory_utilization",
+             "dtype", "max_model_len", "enable_sleep_mode")
+
+
 @dataclass
 class RolloutConfig:
-    """What every engine has; each engine's own settings live in its subclass below."""
-
     engine: Engine = Engine.hf
     # Sequences per hf generate call, and per teacher-forced scoring batch of
     # behavior.source=dataset (an hf forward whichever engine generates).
     batch_size: int = 512
-    # After each weight sync (pear_exp/train/grpo.py, step 6) the engine's weights are checked
-    # exactly (fingerprint); then the mean |engine - trainer| log-prob on a fixed probe batch,
-    # with the trainer in the engine's dtype, must not exceed this: an empirical margin
-    # (measured: bf16 rounding 0.02-0.05 at logits of 30, another model 0.8; bf16 holds a logit
-    # below 64 to within 0.125, about 0.25 of log-prob at temperature 1, more below).
-    sync_tolerance: float = 0.25
-
-
-@dataclass
-class HFRolloutConfig(RolloutConfig):
-    """transformers generate on the trainer's own model object."""
-
-    engine: Engine = Engine.hf
-
-
-@dataclass
-class VLLMRolloutConfig(RolloutConfig):
-    engine: Engine = Engine.vllm
+    # vLLM only (VLLM_ONLY):
     tensor_parallel_size: int = 1  # the teacher's engine (behavior sampling)
     # Engines serving the student (RL rollouts, evaluation); null: tensor_parallel_size. At 1
     # the weight sync is checked exactly (a fingerprint); above 1 by the log-prob probe alone.
@@ -257,6 +247,12 @@ class VLLMRolloutConfig(RolloutConfig):
     dtype: str = "auto"
     max_model_len: int = 4096
     enable_sleep_mode: bool = False  # GPU: free the engine's memory while the trainer steps
+    # After each weight sync (pear_exp/train/grpo.py, step 6) the engine's weights are checked
+    # exactly (fingerprint); then the mean |engine - trainer| log-prob on a fixed probe batch,
+    # with the trainer in the engine's dtype, must not exceed this: an empirical margin
+    # (measured: bf16 rounding 0.02-0.05 at logits of 30, another model 0.8; bf16 holds a logit
+    # below 64 to within 0.125, about 0.25 of log-prob at temperature 1, more below).
+    sync_tolerance: float = 0.25
 
     def engine_tensor_parallel(self, policy: bool) -> int:
         """GPUs of the engine serving the student (`policy`) or the teacher."""
@@ -397,11 +393,10 @@ class Config:
     plan: bool = False
 
 
-# The schema of each option of the task and rollout groups; conf/task/*.yaml and
-# conf/rollout/*.yaml name theirs first in their defaults list (`- /schema/task/math@_here_`).
+# The schema of each option of the task group; conf/task/*.yaml name theirs first in their
+# defaults list (`- /schema/task/math@_here_`).
 TASK_SCHEMAS = {TaskKind.countdown: CountdownTaskConfig, TaskKind.math: MathTaskConfig,
                 TaskKind.game: GameTaskConfig}
-ROLLOUT_SCHEMAS = {Engine.hf: HFRolloutConfig, Engine.vllm: VLLMRolloutConfig}
 
 
 def register_configs() -> None:
@@ -409,5 +404,3 @@ def register_configs() -> None:
     store.store(name="base_config", node=Config)
     for kind, schema in TASK_SCHEMAS.items():
         store.store(group="schema/task", name=kind.value, node=schema)
-    for engine, schema in ROLLOUT_SCHEMAS.items():
-        store.store(group="schema/rollout", name=engine.value, node=schema)

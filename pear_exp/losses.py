@@ -31,8 +31,9 @@ def weighted_nll_sum(logprobs: torch.Tensor, weights: torch.Tensor) -> torch.Ten
     """sum_t W_t * l_t with l_t = -log pi_theta(y_t): the numerator of the PEAR loss.
 
     logprobs: (batch, seq) with gradient; weights: (batch, seq), detached, 0 off the loss mask.
-    The caller divides by N, the normaliser over the whole optimizer step (PEAR.md), so that
-    gradient accumulation and data parallelism do not change the objective.
+    The caller divides by N, the normaliser over the whole optimizer step (docs/method.md,
+    Normalisation), so that gradient accumulation and data parallelism do not change the
+    objective.
     """
     return -(weights * logprobs).sum()
 

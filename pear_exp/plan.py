@@ -6,48 +6,10 @@ prints the stages, the models (hub id or path, exact parameter count, dtype, con
 sizes and token budgets of every stage, and an estimate of the memory each stage needs per GPU,
 then exits: no weights are loaded, nothing is downloaded, no run directory is created.
 
-Parameter counts are exact: the model is built from its architecture on the meta device (shapes,
-no storage) and its parameters counted (tied embeddings once). The architecture comes from, in
-order: a config.json found locally (model.path a directory, or the Hugging Face cache, read with
-local_files_only), the preset's `architecture` block, the tiny model's settings.
-
-Memory per GPU (bytes; every term is a pure function below, so it can be checked by hand). It is
-an estimate for choosing micro-batch sizes, sharding and tensor parallelism, not a measurement: the
-CUDA context (about 0.5-1 GiB), allocator fragmentation, communication buffers and short-lived
-temporaries are not counted. P parameters, b bytes per element of model.dtype (the trainer keeps
-its master weights, gradients and AdamW states in that dtype), L layers, h hidden size,
-q = heads x head_dim, k = kv_heads x head_dim, i intermediate size, V vocabulary rows, T tokens of
-one micro-batch (micro_batch_size x sequence length), W the world size.
-  weights / grads    P*b each;  AdamW  2*P*b (exp_avg, exp_avg_sq)        all / W under FSDP
-  activations        what autograd keeps per token and layer, with e bytes per element of the
-                     compute dtype (2 under bf16 autocast or for bf16 weights):
-                     a = 4bh + 5eh + 2e(q + k) + 4ei: two RMSNorms keep their input and
-                     normalised output in the residual dtype (4bh); the q, k, v, gate and up
-                     projections each keep their own bf16 copy of a norm output (5eh; 2bh, the
-                     norm outputs themselves, when b = e and nothing is cast); q, k, v and the
-                     attention output; gate, up, silu(gate) and their product.
-                     Autocast also makes compute-dtype copies of fp32 weights (c = P*e when
-                     b != e), cached for the whole forward pass and kept for backward.
-                     Without checkpointing: L*T*a + c. With: L*T*h*b (each layer's input)
-                     + max(c, T*a) (the forward pass's weight copies, or the one layer recomputed
-                     during backward).
-                     Checked on an H100 (torch 2.11, transformers 5.17, sdpa) with random
-                     Qwen2.5-1.5B and Qwen3-4B shapes, fp32 weights, bf16 autocast: measured
-                     peaks of forward + backward were within -8% and +14% of activations +
-                     log-probs here, at 2 x 4k tokens with checkpointing and 1 x 4k or 1 x 2k
-                     without.
-  log-probs          12 bytes per token and vocabulary entry at peak (bf16 logits, their fp32
-                     copy, the fp32 log-softmax kept for backward, its gradient): T*V*12, or
-                     min(c, T)*V*12 with logprob_chunk_size c > 0
-  reference          P*b (/ W under FSDP) when rl.kl_coef > 0
-  vLLM engine        reserves gpu_memory_utilization x GPU memory on each of its
-                     tensor_parallel_size GPUs: weights P*e/tp (e = 2 for bf16 serving), the rest
-                     is KV cache at 2*L*k*2 bytes per token (/tp)
-  hf engine          weights P*b (none in RL, where it generates with the trainer's own model)
-                     plus a KV cache (model.dtype) for rollout.batch_size
-                     full-length sequences
-Rank 0 runs the rollout engine next to its trainer process (pear_exp/distributed.py), so the RL
-row adds the engine's reservation to the trainer's memory: that is the busiest GPU.
+The parameter counts and every memory term come from pear_exp/memory.py, where the formulas are
+written out; this module picks the terms each stage needs, adds them up and prints them.
+Rank 0 runs the rollout engine next to its trainer process (pear_exp/train/distributed.py), so the
+RL row adds the engine's reservation to the trainer's memory: that is the busiest GPU.
 Sequence lengths assume a prompt budget of sft.max_seq_len - behavior.max_new_tokens tokens (the
 room SFT leaves for the prompt), or PROMPT_TOKENS when that is not positive: real prompts are
 measured only at run time.
@@ -62,16 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pear_exp.config import (
-    ArchitectureConfig, BehaviorSource, Config, Engine, ModelConfig, ModelType, Precision, Stage,
-    TaskKind, WeightingConfig, WeightLevel,
-)
+import torch
+from rich.console import Console
+from rich.table import Table
 
-GiB = 2**30
+from pear_exp.config import (
+    ArchitectureConfig, BehaviorSource, Config, Engine, ModelConfig, Precision, Stage, TaskKind,
+    WeightingConfig, WeightLevel,
+)
+from pear_exp.memory import (
+    DTYPE_BYTES, GiB, activation_bytes, architecture_of, count_parameters, dtype_bytes,
+    kv_bytes_per_token, logprob_bytes, scoring_forward_bytes, training_state_bytes, vllm_bytes,
+)
+from pear_exp.stages.behavior import SCORE_CHUNK, SCORE_TOKENS
+from pear_exp.tasks.math import SHIPPED_SETS, load_problems
+from pear_exp.weighting import pear_weights_with_stats
+
 PROMPT_TOKENS = 512  # prompt length assumed when the config does not imply one
 DEFAULT_GPU_GIB = 80  # H100 80GB; the real size is read when a GPU is visible
-LOGPROB_BYTES = 12  # per token and vocabulary entry at the log-softmax's peak (module docstring)
-DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 
 
 @dataclass(frozen=True)
@@ -86,98 +56,7 @@ class ModelPlan:
     context: int | None
 
 
-# ----------------------------------------------------------------------------- architecture
-def architecture_of(model: ModelConfig):
-    """(transformers config, ArchitectureConfig, where they came from), without the network; the
-    configs are None when nothing describes the model."""
-    if model.path is not None:
-        found = local_hf_config(model.path, model.trust_remote_code)
-        if found is not None:
-            config, where = found
-            return config, from_hf_config(config), where
-    if model.architecture is not None:
-        return hf_config(model.architecture), model.architecture, "preset"
-    if model.tiny is not None:
-        arch = tiny_architecture(model)
-        return hf_config(arch), arch, "tiny settings"
-    return None, None, "unknown: no config.json found locally, no architecture block"
-
-
-def local_hf_config(path: str, trust_remote_code: bool = False):
-    """(config, where) from path/config.json or from the Hugging Face cache; None if neither."""
-    from transformers import AutoConfig
-
-    directory = Path(path).expanduser()
-    if directory.is_dir():
-        source, where = str(directory), f"{directory}/config.json"
-    else:
-        source, where = path, "Hugging Face cache"
-    try:
-        config = AutoConfig.from_pretrained(source, local_files_only=True,
-                                            trust_remote_code=trust_remote_code)
-    except Exception:  # not cached / not a transformers config: the preset's numbers are used
-        return None
-    return config, where
-
-
-def from_hf_config(config) -> ArchitectureConfig:
-    """The numbers plan mode uses, read from a transformers config (any decoder-only model)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = text.num_attention_heads
-    model_type = ModelType.qwen3 if text.model_type == "qwen3" else ModelType.qwen2
-    return ArchitectureConfig(
-        model_type=model_type,
-        num_layers=text.num_hidden_layers,
-        hidden_size=text.hidden_size,
-        num_heads=heads,
-        num_kv_heads=getattr(text, "num_key_value_heads", None) or heads,
-        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
-        intermediate_size=text.intermediate_size,
-        vocab_size=text.vocab_size,
-        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
-    )
-
-
-def tiny_architecture(model: ModelConfig) -> ArchitectureConfig:
-    """The tiny world's Qwen3 (pear_exp/tiny.py builds it with these numbers)."""
-    from pear_exp.models import build_char_tokenizer
-
-    t = model.tiny
-    return ArchitectureConfig(
-        model_type=ModelType.qwen3, num_layers=t.num_layers, hidden_size=t.hidden_size,
-        num_heads=t.num_heads, num_kv_heads=t.num_heads, head_dim=t.head_dim,
-        intermediate_size=t.intermediate_size, vocab_size=len(build_char_tokenizer()),
-        tie_word_embeddings=True,
-    )
-
-
-def hf_config(arch: ArchitectureConfig):
-    """A transformers Qwen2Config / Qwen3Config with these numbers."""
-    from transformers import Qwen2Config, Qwen3Config
-
-    common = dict(
-        vocab_size=arch.vocab_size, hidden_size=arch.hidden_size,
-        intermediate_size=arch.intermediate_size, num_hidden_layers=arch.num_layers,
-        num_attention_heads=arch.num_heads, num_key_value_heads=arch.num_kv_heads,
-        tie_word_embeddings=arch.tie_word_embeddings,
-    )
-    if arch.model_type == ModelType.qwen3:
-        return Qwen3Config(head_dim=arch.head_dim, **common)
-    if arch.head_dim * arch.num_heads != arch.hidden_size:
-        raise ValueError(f"qwen2 needs head_dim * num_heads == hidden_size, got {arch}")
-    return Qwen2Config(**common)
-
-
-def count_parameters(config) -> int:
-    """Exact parameter count of a transformers config: the model built on the meta device."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in model.parameters())  # shared (tied) tensors counted once
-
-
+# ----------------------------------------------------------------------------- the models
 def model_plan(label: str, model: ModelConfig) -> ModelPlan:
     config, arch, arch_from = architecture_of(model)
     params = None
@@ -191,65 +70,6 @@ def model_plan(label: str, model: ModelConfig) -> ModelPlan:
         context = model.tiny.max_positions
     source = model.path if model.path is not None else "tiny (built by the framework)"
     return ModelPlan(label, model.name, source, arch, arch_from, params, model.dtype, context)
-
-
-# ----------------------------------------------------------------------------- memory terms
-def dtype_bytes(dtype: str) -> int:
-    if dtype not in DTYPE_BYTES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPE_BYTES)}")
-    return DTYPE_BYTES[dtype]
-
-
-def training_state_bytes(params: int, param_bytes: int, shards: int = 1) -> dict[str, int]:
-    """Weights, gradients and AdamW's two moments, each in the parameters' dtype, per GPU."""
-    weights = params * param_bytes
-    return {"weights": weights // shards, "grads": weights // shards,
-            "adamw": 2 * weights // shards}
-
-
-def activation_bytes_per_token_layer(arch: ArchitectureConfig, residual_bytes: int,
-                                     compute_bytes: int = 2) -> int:
-    """a: what autograd keeps per token in one decoder layer (module docstring)."""
-    b, e, h = residual_bytes, compute_bytes, arch.hidden_size
-    q = arch.num_heads * arch.head_dim
-    k = arch.num_kv_heads * arch.head_dim
-    projection_inputs = 5 * e * h if b != e else 2 * b * h  # cast copies, or the norm outputs
-    return 4 * b * h + projection_inputs + 2 * e * (q + k) + 4 * e * arch.intermediate_size
-
-
-def activation_bytes(arch: ArchitectureConfig, tokens: int, residual_bytes: int,
-                     checkpointing: bool, params: int = 0, compute_bytes: int = 2) -> int:
-    """Activations of one micro-batch of `tokens`, including the compute-dtype copies of the
-    `params` weights that autocast makes when they are stored in a wider dtype."""
-    per_layer = activation_bytes_per_token_layer(arch, residual_bytes, compute_bytes)
-    copies = params * compute_bytes if residual_bytes != compute_bytes else 0
-    if not checkpointing:
-        return arch.num_layers * tokens * per_layer + copies
-    inputs = arch.num_layers * tokens * arch.hidden_size * residual_bytes
-    return inputs + max(copies, tokens * per_layer)
-
-
-def logprob_bytes(tokens: int, vocab: int, chunk_size: int = 0) -> int:
-    """Peak memory of the log-probs of `tokens` positions: full logits, or one chunk at a time."""
-    rows = min(chunk_size, tokens) if chunk_size > 0 else tokens
-    return rows * vocab * LOGPROB_BYTES
-
-
-def kv_bytes_per_token(arch: ArchitectureConfig, element_bytes: int = 2) -> int:
-    """K and V of every layer for one token."""
-    return 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * element_bytes
-
-
-def vllm_bytes(params: int, engine_bytes: int, tensor_parallel: int, utilization: float,
-               gpu_bytes: int, kv_per_token: int, seq_len: int) -> dict[str, float]:
-    """One vLLM engine per GPU it spans: its reservation, weights, KV cache and how many
-    full-length sequences that KV cache holds at once."""
-    reserved = int(utilization * gpu_bytes)
-    weights = params * engine_bytes // tensor_parallel
-    kv = max(reserved - weights, 0)
-    per_sequence = kv_per_token * seq_len / tensor_parallel
-    return {"reserved": reserved, "weights": weights, "kv_cache": kv,
-            "sequences": kv / per_sequence if per_sequence else 0.0}
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -274,8 +94,6 @@ def world_sizes() -> list[int]:
 
 def gpu_memory_bytes() -> tuple[int, str]:
     try:
-        import torch
-
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
             return props.total_memory, f"{props.name}, {props.total_memory / GiB:.0f} GiB"
@@ -384,12 +202,10 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
             # teacher-forced scoring (stages/behavior.py): micro-batches of at most SCORE_TOKENS
             # padded tokens (or one row), no gradient: one layer's tensors live at a time, and
             # log-probs from the hidden states SCORE_CHUNK positions at a time
-            from pear_exp.stages.behavior import SCORE_CHUNK, SCORE_TOKENS
-
             arch, b = teacher.arch, dtype_bytes(cfg.teacher.dtype)
             tokens = max(min(SCORE_TOKENS, r.batch_size * cfg.sft.max_seq_len), cfg.sft.max_seq_len)
             weights = teacher.params * b
-            forward = tokens * (4 * arch.hidden_size + 3 * arch.intermediate_size) * b
+            forward = scoring_forward_bytes(arch, tokens, b)
             lp = logprob_bytes(tokens, arch.vocab_size, SCORE_CHUNK)
             rows.append(Row("behavior", "teacher weights", [weights] * len(worlds)))
             rows.append(Row("behavior", "scoring forward", [forward + lp] * len(worlds),
@@ -436,8 +252,6 @@ def eval_set_size(cfg: Config) -> int | None:
     t = cfg.task
     if t.kind != TaskKind.math:
         return t.num_eval
-    from pear_exp.tasks.math import SHIPPED_SETS, load_problems
-
     if t.eval_set in SHIPPED_SETS or Path(t.eval_set).expanduser().is_file():
         size = len(load_problems(t.eval_set))
         return min(size, t.num_eval) if t.num_eval > 0 else size
@@ -529,8 +343,8 @@ def checks(cfg: Config, student: ModelPlan, teacher: ModelPlan) -> list[str]:
                        "behavior samples would be refused by validation")
     if cfg.weighting.target_temperature != cfg.rl.temperature:
         out.append(f"weighting.target_temperature={cfg.weighting.target_temperature} differs "
-                   f"from rl.temperature={cfg.rl.temperature} (PEAR.md: the target policy is the "
-                   "model at the RL sampling temperature)")
+                   f"from rl.temperature={cfg.rl.temperature} (docs/method.md, Target policy: "
+                   "the target policy is the model at the RL sampling temperature)")
     if (cfg.task.kind == TaskKind.math and cfg.task.train_set is None
             and stages & {Stage.behavior, Stage.sft, Stage.rl}):
         out.append("task.train_set is null: behavior, SFT and RL have no training prompts")
@@ -544,10 +358,6 @@ def checks(cfg: Config, student: ModelPlan, teacher: ModelPlan) -> list[str]:
 def floored_fraction(length: int, delta: float, w: WeightingConfig) -> float:
     """Fraction of a `length`-token response's tokens whose log G falls below the log-weight
     floor when every p - b equals `delta`; computed by pear_exp.weighting itself."""
-    import torch
-
-    from pear_exp.weighting import pear_weights_with_stats
-
     ones = torch.ones(1, length, dtype=torch.float64)
     _, stats = pear_weights_with_stats(
         ones * delta, torch.zeros_like(ones), ones, level=w.level.value, block_size=w.block_size,
@@ -557,7 +367,7 @@ def floored_fraction(length: int, delta: float, w: WeightingConfig) -> float:
 
 def weight_checks(cfg: Config) -> list[str]:
     """Settings under which most PEAR weights are expected at the floor log_weight_clip[0]
-    (what the SFT stage warns about at run time, pear_exp/stages/sft.py weight_health)."""
+    (what the SFT stage warns about at run time, pear_exp/train/sft.py weight_health)."""
     w, b = cfg.weighting, cfg.behavior
     if w.level == WeightLevel.none or Stage.sft not in cfg.stages:
         return []
@@ -596,9 +406,6 @@ def weight_checks(cfg: Config) -> list[str]:
 
 # ----------------------------------------------------------------------------- printing
 def print_plan(cfg: Config, choices: dict[str, Any] | None = None, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     if console is None:  # wide enough for the tables when the output is not a terminal
         console = Console(width=None if sys.stdout.isatty() else 160)
     choices = {k: v for k, v in (choices or {}).items()  # Hydra's runtime.choices: the groups

@@ -19,26 +19,8 @@ from pathlib import Path
 
 import yaml
 
-# Two-sided 95% Student-t critical values by degrees of freedom (df > 30: normal 1.96).
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-       9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
-LEVELS = ("none", "token", "block", "sequence")
-
-
-def t95(df: int) -> float:
-    if df > 30:
-        return 1.96
-    return T95[max(k for k in T95 if k <= df)]
-
-
-def mean_t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and 95% half-width over seeds; the half-width is nan with one seed."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t95(n - 1) * sd / math.sqrt(n)
+from pear_exp.config import WeightLevel
+from pear_exp.metrics import mean_ci95
 
 
 def load_jobs(sweep: Path) -> tuple[list[dict], list[Path]]:
@@ -73,13 +55,13 @@ def table(jobs: list[dict], metrics: list[str]) -> tuple[str, dict]:
         f"{c} {m}" for c in checkpoints if c != "base" for m in metrics) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     stats = {}
-    for level in [lv for lv in LEVELS if lv in by_level]:
+    for level in [lv.value for lv in WeightLevel if lv.value in by_level]:
         group = by_level[level]
         cells = []
         for c in checkpoints:
             for m in metrics:
                 values = [j["summary"][c][m] for j in group if c in j["summary"]]
-                stats[(level, c, m)] = mean_t_interval(values) if values else (float("nan"),) * 2
+                stats[(level, c, m)] = mean_ci95(values, student_t=True)
                 if c != "base":
                     mean, half = stats[(level, c, m)]
                     cells.append(f"{mean:.3f} ± {half:.3f}")
@@ -93,7 +75,7 @@ def plots(jobs: list[dict], stats: dict, metric: str, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = [lv for lv in LEVELS if any(j["level"] == lv for j in jobs)]
+    levels = [lv.value for lv in WeightLevel if any(j["level"] == lv.value for j in jobs)]
     fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.38
     for offset, checkpoint in ((-width / 2, "sft"), (width / 2, "rl")):

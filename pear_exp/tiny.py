@@ -73,8 +73,8 @@ def resolve_path(cfg: ModelConfig, task: TaskConfig, cache_dir: str) -> str:
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
     """A character-level tokenizer over printable ASCII plus ChatML's special tokens.
 
-    With a 152k vocabulary the LM head would dominate a tiny model's cost (docs/environment.md), so the
-    tiny world uses one token per character (3 special tokens + 100 printable characters), plus
+    With a 152k vocabulary the LM head would dominate a tiny model's cost (docs/environment.md,
+    "The tiny world's character tokenizer"), so the tiny world uses one token per character (3 special tokens + 100 printable characters), plus
     the chat roles as whole tokens so that ChatML framing costs 8 tokens a turn, not 20.
     """
     chars = list(string.printable)  # digits, letters, punctuation, whitespace: 100 characters

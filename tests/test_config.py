@@ -129,3 +129,56 @@ def test_tis_with_nucleus_is_refused_and_either_way_out_composes():
         OmegaConf.to_object(composed(["rl.top_p=0.9"]))
     assert OmegaConf.to_object(composed(["rl.top_p=0.9", "rl.tis_cap=null"])).rl.top_p == 0.9
     assert OmegaConf.to_object(composed(["rl.tis_cap=2.0", "rl.top_p=1.0"])).rl.tis_cap == 2.0
+
+
+# ----------------------------------------------------------------------------- one schema per option
+def test_each_task_kind_has_its_own_schema():
+    from pear_exp.config import CountdownTaskConfig, GameTaskConfig, MathTaskConfig
+
+    assert isinstance(OmegaConf.to_object(composed()).task, CountdownTaskConfig)
+    assert isinstance(OmegaConf.to_object(composed(["task=aime2025"])).task, MathTaskConfig)
+    assert isinstance(OmegaConf.to_object(composed(["task=game"])).task, GameTaskConfig)
+    with pytest.raises(ConfigCompositionException):  # Countdown's key on a math task
+        composed(["task=aime2025", "task.num_numbers=5"])
+    with pytest.raises(ConfigCompositionException):  # and a math key on the game
+        composed(["task=countdown", "task.eval_set=aime2024"])
+
+
+def test_cli_names_the_chosen_options_keys_for_a_key_of_another_option(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pear_exp", "task=aime2025", "task.num_numbers=5",
+         f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "'task.num_numbers' is not a key of the chosen option (MathTaskConfig)" in result.stderr
+    assert "eval_set, grade_timeout" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing was created
+
+
+def test_a_key_no_task_kind_has_lists_each_kinds_keys():
+    with pytest.raises(ConfigKeyError, match=r"(?s)task.num_nmbers.*countdown options only: "
+                                             r"max_target.*math options only: eval_set"):
+        check_override_keys(["task.num_nmbers=3"])
+    check_override_keys(["task.eval_set=aime2024"])  # a key of some kind: composing decides
+
+
+def test_vllm_settings_on_the_command_line_are_refused_with_the_hf_engine(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pear_exp", "rollout=hf", "rollout.gpu_memory_utilization=0.3",
+         f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "rollout.gpu_memory_utilization: vLLM settings, unused with rollout=hf" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_presets_share_a_base_and_switch_engines():
+    """The four GPU-node presets state only their differences over conf/base/ and compose with
+    rollout=hf too (their vLLM sizing stays for rollout=vllm)."""
+    qwen3 = OmegaConf.to_object(composed(["+experiment=aime_qwen3"]))
+    assert (qwen3.sft.lr, qwen3.rl.lr, qwen3.evaluate.num_samples) == (1e-5, 1e-6, 64)  # base
+    assert qwen3.rollout.tensor_parallel_size == 4 and qwen3.task.eval_set == "aime2025"
+    qwen2_5 = OmegaConf.to_object(composed(["+experiment=aime_qwen2_5"]))
+    assert qwen2_5.rollout.tensor_parallel_size == 1 and not qwen2_5.rl.gradient_checkpointing
+    hf = OmegaConf.to_object(composed(["+experiment=logic_games", "rollout=hf"]))
+    assert hf.rollout.engine.value == "hf" and hf.sft.max_seq_len == 9216
+    experiments = (CONF_DIR / "experiment").glob("*.yaml")
+    assert all(len(p.read_text().splitlines()) <= 40 for p in experiments)

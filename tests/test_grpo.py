@@ -8,6 +8,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from pear_exp.config import LossAggregation, RLConfig
 from pear_exp.train.distributed import World
+from pear_exp.train.loop import Loop
 from pear_exp.losses import aggregation_coefficients, group_advantages, grpo_token_loss
 from pear_exp.policy import TokenLogProbs
 from pear_exp.train.grpo import RolloutBatch, update
@@ -98,8 +99,9 @@ def grad_of_update(tokenizer, batch, micro, **rl):
         lambda opt, a, k: seen.append({n: p.grad.clone() for n, p in model.named_parameters()}))
     reference = TokenLogProbs(make_tiny_model(tokenizer, seed=5)) if rl.get("kl_coef", 0) else None
     try:
-        update(TokenLogProbs(model), reference, optimizer, schedule, params, batch, cfg,
-               torch.device("cpu"), tokenizer.pad_token_id, World())
+        loop = Loop(model, TokenLogProbs(model), params, optimizer, schedule, start=0,
+                    gradient_checkpointing=False)
+        update(loop, reference, batch, cfg, torch.device("cpu"), tokenizer.pad_token_id, World())
     finally:
         handle.remove()
     return seen

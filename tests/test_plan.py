@@ -1,5 +1,6 @@
 """Model and experiment presets compose; plan mode prints sizes and memory without loading or
-writing anything; parameter counts and memory terms equal hand computations written out here."""
+writing anything; parameter counts and memory terms (pear_exp/memory.py) equal hand computations
+written out here."""
 
 import os
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pear_exp import plan
+from pear_exp import memory, plan
 from pear_exp.__main__ import CONF_DIR, ConfigKeyError, check_override_keys, plan_overrides
 from pear_exp.config import ArchitectureConfig, Config, Engine, ModelConfig, ModelType, register_configs
 
@@ -65,7 +66,7 @@ def test_preset_parameter_counts_equal_the_published_ones():
     assert sorted(PUBLISHED) == REAL_PRESETS
     for name, published in PUBLISHED.items():
         model = typed([f"model={name}"]).model
-        assert plan.count_parameters(plan.hf_config(model.architecture)) == published, name
+        assert memory.count_parameters(memory.hf_config(model.architecture)) == published, name
 
 
 def test_qwen2_5_1_5b_parameter_count_by_hand():
@@ -78,10 +79,10 @@ def test_qwen2_5_1_5b_parameter_count_by_hand():
     total = embed + L * layer + H  # + final norm
     assert (embed, layer, total) == (233_373_696, 46_797_824, 1_543_714_304)
     arch = typed(["model=qwen2_5_1_5b_instruct"]).model.architecture
-    assert plan.count_parameters(plan.hf_config(arch)) == total
+    assert memory.count_parameters(memory.hf_config(arch)) == total
     # DeepSeek-R1-Distill-Qwen-1.5B: the same shape with an untied LM head (V x H more)
     arch = typed(["model=r1_distill_qwen_1_5b"]).model.architecture
-    assert plan.count_parameters(plan.hf_config(arch)) == total + embed == 1_777_088_000
+    assert memory.count_parameters(memory.hf_config(arch)) == total + embed == 1_777_088_000
 
 
 def test_qwen3_4b_base_parameter_count_by_hand():
@@ -93,7 +94,7 @@ def test_qwen3_4b_base_parameter_count_by_hand():
     total = V * H + L * layer + H  # tied embeddings, final norm
     assert (layer, total) == (100_930_816, 4_022_468_096)
     arch = typed(["model=qwen3_4b_base"]).model.architecture
-    assert plan.count_parameters(plan.hf_config(arch)) == total
+    assert memory.count_parameters(memory.hf_config(arch)) == total
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -111,7 +112,7 @@ def test_the_large_presets_exist():
 @pytest.mark.parametrize("name", LARGE_EXPERIMENTS)
 def test_large_experiment_presets_are_consistent(name):
     cfg = typed([f"+experiment={name}"])
-    # the paper's settings (PEAR.md)
+    # the paper's settings (docs/method.md, "The paper's experiment")
     w = cfg.weighting
     assert (w.block_size, w.gamma, w.delta_clip, w.log_weight_clip) == (4, 0.999, [-0.08, 0.3],
                                                                         [-10.0, 5.0])
@@ -142,8 +143,8 @@ def test_fsdp_for_students_whose_training_state_does_not_fit_one_gpu():
     for name in LARGE_EXPERIMENTS:
         cfg = typed([f"+experiment={name}"])
         student = plan.model_plan("student", cfg.model)
-        state = sum(plan.training_state_bytes(student.params, 4).values())  # fp32 + AdamW
-        if state > 40 * plan.GiB:
+        state = sum(memory.training_state_bytes(student.params, 4).values())  # fp32 + AdamW
+        if state > 40 * memory.GiB:
             assert cfg.distributed.strategy.value == "fsdp", name
 
 
@@ -151,37 +152,39 @@ def test_fsdp_for_students_whose_training_state_does_not_fit_one_gpu():
 def test_memory_terms_by_hand():
     P = 1_543_714_304  # Qwen2.5-1.5B
     # fp32 weights, gradients, two AdamW moments: 4 + 4 + 8 = 16 bytes a parameter
-    assert plan.training_state_bytes(P, 4) == {"weights": 6_174_857_216, "grads": 6_174_857_216,
-                                               "adamw": 12_349_714_432}
+    assert memory.training_state_bytes(P, 4) == {"weights": 6_174_857_216,
+                                                 "grads": 6_174_857_216, "adamw": 12_349_714_432}
     # FSDP over 8 GPUs: an eighth each
-    assert plan.training_state_bytes(P, 4, shards=8)["adamw"] == 12_349_714_432 // 8
+    assert memory.training_state_bytes(P, 4, shards=8)["adamw"] == 12_349_714_432 // 8
     arch = typed(["model=qwen2_5_1_5b_instruct"]).model.architecture
     # a = 4bh + 5eh + 2e(q + k) + 4ei with fp32 weights (b = 4) under bf16 autocast (e = 2):
     # h = q = 1536, k = 2 x 128 = 256, i = 8960
     a = 4 * 4 * 1536 + 5 * 2 * 1536 + 2 * 2 * (1536 + 256) + 4 * 2 * 8960
     assert a == 24_576 + 15_360 + 7_168 + 71_680 == 118_784
-    assert plan.activation_bytes_per_token_layer(arch, residual_bytes=4, compute_bytes=2) == a
+    assert memory.activation_bytes_per_token_layer(arch, residual_bytes=4, compute_bytes=2) == a
     # bf16 weights: nothing is cast, the projections read the bf16 norm outputs (2bh = 4h)
-    assert plan.activation_bytes_per_token_layer(arch, 2, 2) == (8 + 4) * 1536 + 7_168 + 71_680
+    assert memory.activation_bytes_per_token_layer(arch, 2, 2) == (8 + 4) * 1536 + 7_168 + 71_680
     T, copies = 2 * 4096, P * 2  # 2 sequences of 4,096 tokens; autocast's bf16 weight copies
-    assert (plan.activation_bytes(arch, T, 4, False, P, 2)
+    assert (memory.activation_bytes(arch, T, 4, False, P, 2)
             == 28 * T * a + copies == 27_246_198_784 + 3_087_428_608)
     # checkpointing keeps each layer's fp32 input, then the larger of the forward pass's weight
     # copies and the one layer recomputed in backward (T * a = 973,078,528)
-    assert (plan.activation_bytes(arch, T, 4, True, P, 2)
+    assert (memory.activation_bytes(arch, T, 4, True, P, 2)
             == 28 * T * 1536 * 4 + max(copies, T * a) == 1_409_286_144 + 3_087_428_608)
-    assert plan.activation_bytes(arch, T, 2, True, P, 2) == 28 * T * 1536 * 2 + T * 97_280
+    assert memory.activation_bytes(arch, T, 2, True, P, 2) == 28 * T * 1536 * 2 + T * 97_280
+    # scoring without gradient: one layer's 4 hidden-size and 3 intermediate-size values a token
+    assert memory.scoring_forward_bytes(arch, 16_384, 2) == 16_384 * (4 * 1536 + 3 * 8960) * 2
     # log-probs: 12 bytes per token and vocabulary entry, all positions or one chunk
-    assert plan.logprob_bytes(T, 151_936) == T * 151_936 * 12 == 14_935_916_544
-    assert plan.logprob_bytes(T, 151_936, chunk_size=1024) == 1024 * 151_936 * 12
-    assert plan.logprob_bytes(100, 151_936, chunk_size=1024) == 100 * 151_936 * 12
+    assert memory.logprob_bytes(T, 151_936) == T * 151_936 * 12 == 14_935_916_544
+    assert memory.logprob_bytes(T, 151_936, chunk_size=1024) == 1024 * 151_936 * 12
+    assert memory.logprob_bytes(100, 151_936, chunk_size=1024) == 100 * 151_936 * 12
     # KV cache per token: K and V x 36 layers x 8 kv heads x 128 x 2 bytes (Qwen3-4B)
     qwen3_4b = typed(["model=qwen3_4b_base"]).model.architecture
-    assert plan.kv_bytes_per_token(qwen3_4b) == 2 * 36 * 8 * 128 * 2 == 147_456
+    assert memory.kv_bytes_per_token(qwen3_4b) == 2 * 36 * 8 * 128 * 2 == 147_456
     # vLLM: 0.5 x 80 GiB reserved per GPU; 4,022,468,096 bf16 weights over 2 GPUs
-    v = plan.vllm_bytes(4_022_468_096, 2, 2, 0.5, 80 * plan.GiB, 147_456, 10_000)
-    assert v["reserved"] == 40 * plan.GiB and v["weights"] == 4_022_468_096
-    assert v["kv_cache"] == 40 * plan.GiB - 4_022_468_096
+    v = memory.vllm_bytes(4_022_468_096, 2, 2, 0.5, 80 * memory.GiB, 147_456, 10_000)
+    assert v["reserved"] == 40 * memory.GiB and v["weights"] == 4_022_468_096
+    assert v["kv_cache"] == 40 * memory.GiB - 4_022_468_096
     assert v["sequences"] == pytest.approx(v["kv_cache"] / (147_456 * 10_000 / 2))
 
 
@@ -191,11 +194,11 @@ def test_rl_row_adds_the_engine_unless_it_sleeps():
         cfg = typed(base + [f"rollout.enable_sleep_mode={sleep}"])
         student = plan.model_plan("student", cfg.model)
         teacher = plan.model_plan("teacher", cfg.teacher)
-        rows = plan.memory_rows(cfg, student, teacher, 80 * plan.GiB, [1])
+        rows = plan.memory_rows(cfg, student, teacher, 80 * memory.GiB, [1])
         rl = {r.term: r.per_world[0] for r in rows if r.stage == "rl"}
         state = rl["weights"] + rl["grads"] + rl["AdamW states"]
         update = state + rl["activations"] + rl["log-probs"]
-        engine = int(0.5 * 80 * plan.GiB)
+        engine = int(0.5 * 80 * memory.GiB)
         assert rl["total"] == (max(update, state + engine) if sleep else update + engine)
 
 
@@ -206,7 +209,7 @@ def test_the_students_engines_have_their_own_tensor_parallelism():
     assert (cfg.rollout.engine_tensor_parallel(policy=False),
             cfg.rollout.engine_tensor_parallel(policy=True)) == (4, 1)
     rows = plan.memory_rows(cfg, plan.model_plan("student", cfg.model),
-                            plan.model_plan("teacher", cfg.teacher), 80 * plan.GiB, [1])
+                            plan.model_plan("teacher", cfg.teacher), 80 * memory.GiB, [1])
     notes = {(r.stage, r.term): r.note for r in rows}
     assert notes[("behavior", "vLLM teacher weights")] == "tp=4"
     assert notes[("rl", "vLLM student weights")] == notes[("evaluate", "vLLM student weights")] \
@@ -226,7 +229,7 @@ def test_the_hf_engine_in_rl_is_the_trainers_own_model():
     cfg = typed(["+experiment=aime_qwen2_5", "rollout=hf"])
     student = plan.model_plan("student", cfg.model)
     rows = plan.memory_rows(cfg, student, plan.model_plan("teacher", cfg.teacher),
-                            80 * plan.GiB, [1])
+                            80 * memory.GiB, [1])
     rl = {r.term: r.per_world[0] for r in rows if r.stage == "rl"}
     assert rl["hf student weights"] == 0
     update = rl["weights"] + rl["grads"] + rl["AdamW states"] + rl["activations"] + rl["log-probs"]
@@ -251,7 +254,7 @@ def test_a_local_config_json_wins_over_the_preset(tmp_path):
     assert result.arch.num_layers == 2 and result.arch.head_dim == 16
     # a hub id that is not cached uses the preset's numbers (and never the network)
     cfg = ModelConfig(path="nobody/not-cached", architecture=model.architecture)
-    assert plan.architecture_of(cfg)[2] == "preset"
+    assert memory.architecture_of(cfg)[2] == "preset"
 
 
 # ----------------------------------------------------------------------------- command line

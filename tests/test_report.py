@@ -4,16 +4,23 @@ import json
 
 import pytest
 
-from pear_exp.report import mean_t_interval, report
+from pear_exp.metrics import mean_ci95
+from pear_exp.report import report, table
 from tests.test_pipeline import run_cli
 
 
-def test_mean_t_interval_hand_values():
-    # values 0.2, 0.4: mean 0.3, sd = sqrt(0.02) = 0.1414, half = 12.706 * 0.1414 / sqrt(2) = 1.2706
-    mean, half = mean_t_interval([0.2, 0.4])
-    assert mean == pytest.approx(0.3) and half == pytest.approx(1.2706, rel=1e-4)
-    mean, half = mean_t_interval([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303 -> 4.303 / sqrt(3)
-    assert mean == 2.0 and half == pytest.approx(4.303 / 3**0.5)
+def test_table_orders_levels_as_the_enum_with_t_intervals():
+    def job(level, seed, pass1):
+        return {"level": level, "seed": seed, "summary": {"sft": {"pass@1": pass1}}}
+
+    jobs = [job("sequence", 0, 0.5), job("none", 0, 0.2), job("none", 1, 0.4),
+            job("sequence", 1, 0.5)]
+    markdown, stats = table(jobs, ["pass@1"])
+    rows = markdown.splitlines()[2:]
+    # none before sequence (WeightLevel's order); 2 seeds: t(1) = 12.706, so 0.2, 0.4 give
+    # 0.300 +- 12.706 * sqrt(0.02) / sqrt(2) = 1.271; equal values give a zero half-width
+    assert rows == ["| none | 2 | 0.300 ± 1.271 |", "| sequence | 2 | 0.500 ± 0.000 |"]
+    assert stats[("none", "sft", "pass@1")] == mean_ci95([0.2, 0.4], student_t=True)
 
 
 @pytest.mark.slow
@@ -35,6 +42,6 @@ def test_two_by_two_multirun_and_report(tmp_path):
         level = "block" if "level: block" in cfg else "none"
         by_level.setdefault(level, []).append(json.loads(path.read_text())["rl"]["pass@1"])
     for level, values in by_level.items():
-        mean, half = mean_t_interval(values)
+        mean, half = mean_ci95(values, student_t=True)
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {level} |"))
         assert f"| {level} | 2 |" in row and f"{mean:.3f} ± {half:.3f}" in row

@@ -1,4 +1,5 @@
-"""Tests for pear_exp.weighting: hand-computed numbers, a loop reference, PEAR.md's equivalences."""
+"""Tests for pear_exp.weighting: hand-computed numbers, a loop reference, and the equivalences
+of docs/method.md."""
 
 import math
 from enum import Enum
@@ -170,7 +171,7 @@ def test_matches_loop_reference(level, block_size):
 
 
 # ---------------------------------------------------------------------------------------------
-# Equivalences from PEAR.md
+# Equivalences (docs/method.md, "Equivalences the tests check")
 # ---------------------------------------------------------------------------------------------
 def test_block_size_one_equals_token():
     p, b, mask = random_batch(torch.Generator().manual_seed(1), "holes")

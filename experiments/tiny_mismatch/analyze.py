@@ -21,9 +21,13 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from pear_exp.report import LEVELS, load_jobs, mean_t_interval
+from pear_exp.config import WeightLevel
+from pear_exp.metrics import mean_ci95
+from pear_exp.report import load_jobs
 from pear_exp.tasks.base import Problem
 from pear_exp.tasks.countdown import Countdown
+
+LEVELS = [level.value for level in WeightLevel]
 
 METRICS = ("greedy", "pass@1", "pass@8")
 CHECKPOINTS = ("base", "sft", "rl")
@@ -32,7 +36,7 @@ CHECKPOINTS = ("base", "sft", "rl")
 def fmt(values: list[float]) -> str:
     if not values:
         return "n/a"
-    mean, half = mean_t_interval(values)
+    mean, half = mean_ci95(values, student_t=True)
     return f"{mean:+.3f} ± {half:.3f}"
 
 

@@ -5,7 +5,7 @@ object itself) or `vllm`. base.py says what an engine is; sync.py checks a weigh
 from __future__ import annotations
 
 from pear_exp import models
-from pear_exp.config import HFRolloutConfig, RolloutConfig, VLLMRolloutConfig
+from pear_exp.config import Engine, RolloutConfig
 from pear_exp.rollout.base import Completion, RolloutEngine
 from pear_exp.rollout.hf import HFEngine
 from pear_exp.rollout.vllm import VLLMEngine
@@ -19,11 +19,10 @@ def make_engine(cfg: RolloutConfig, path: str, tokenizer, *, model=None, dtype: 
     """The configured engine serving the checkpoint at `path`: the student's (`policy`) or the
     teacher's, each at its own tensor parallelism. The hf engine generates with `model` when
     given (the trainer's own object), else loads `path` in `dtype`."""
-    if isinstance(cfg, HFRolloutConfig):
+    if cfg.engine == Engine.hf:
         if model is None:
             model = models.load_model(path, dtype, trust_remote_code)
         return HFEngine(model, tokenizer, cfg.batch_size)
-    assert isinstance(cfg, VLLMRolloutConfig), cfg
     return VLLMEngine(path, tokenizer, tensor_parallel_size=cfg.engine_tensor_parallel(policy),
                       gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype,
                       max_model_len=cfg.max_model_len, enable_sleep_mode=cfg.enable_sleep_mode,

@@ -40,7 +40,7 @@ from rich.console import Console
 from tqdm.auto import tqdm
 
 from pear_exp import models, tiny
-from pear_exp.config import BehaviorConfig, BehaviorSource, Config, HFRolloutConfig
+from pear_exp.config import BehaviorConfig, BehaviorSource, Config, Engine
 from pear_exp.data import COLUMNS, Row, collate, make_row, token_budget_batches
 from pear_exp.errors import DataError
 from pear_exp.files import atomic_dir, done, mark_done
@@ -60,7 +60,8 @@ def check_same_tokenizer(teacher_tok, student_tok) -> None:
     if teacher_tok.get_vocab() != student_tok.get_vocab():
         raise DataError(
             "the teacher's tokenizer differs from the student's: behavior data must use the token "
-            "ids the student trains on (docs/method.md); use a teacher of the same tokenizer family"
+            "ids the student trains on (docs/method.md, Behavior data); use a teacher of the same "
+            "tokenizer family"
         )
 
 
@@ -224,7 +225,7 @@ def make_data(cfg: Config, out: Path, train_problems, eval_problems, task) -> No
     b, system = cfg.behavior, cfg.task.system_prompt
     if b.source == BehaviorSource.teacher:
         teacher = None
-        if isinstance(cfg.rollout, HFRolloutConfig):
+        if cfg.rollout.engine == Engine.hf:
             teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
         with closing(make_engine(cfg.rollout, teacher_path, teacher_tok, model=teacher,
                                  policy=False, seed=cfg.seed)) as engine:

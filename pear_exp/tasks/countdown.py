@@ -65,7 +65,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
-from pear_exp.config import CountdownTaskConfig
+from pear_exp.config import CountdownTaskConfig, SolutionStyle
 from pear_exp.tasks.base import PerResponseGrading, Problem
 
 __all__ = ["Countdown", "Problem", "STYLES", "enumerate_expressions", "restyle"]
@@ -173,7 +173,7 @@ def _target_pool(numbers: tuple[int, ...], max_target: int) -> tuple[int, ...]:
     return tuple(v for v, _e, _r in enumerate_expressions(numbers) if 1 <= v <= max_target)
 
 
-STYLES = ("steps", "terse", "reverse")
+STYLES = tuple(style.value for style in SolutionStyle)  # the names restyle accepts
 
 
 def restyle(response: str, style: str) -> str:

@@ -11,8 +11,9 @@ ranks, for models whose training state does not fit on one device). Everything e
 the other ranks), evaluation, tracking and writing artifacts; the other ranks wait at a barrier.
 
 The objective does not depend on the number of ranks: the losses are sums over sequences divided
-by normalisers over the whole optimizer step (PEAR.md), DDP and FSDP average gradients over the
-ranks, and the stages multiply the averaged gradient back by the world size. Tested on CPU with
+by normalisers over the whole optimizer step (docs/method.md, Normalisation), DDP and FSDP
+average gradients over the ranks, and the trainers multiply the averaged gradient back by the
+world size. Tested on CPU with
 the gloo backend (tests/test_distributed.py: 2 processes == 1 process); on CUDA the backend is
 nccl and each process takes the GPU of its LOCAL_RANK.
 """

@@ -1,6 +1,6 @@
 """The SFT trainer: PEAR-weighted supervised fine-tuning on rows with behavior log-probs.
 
-Algorithm, per optimizer step (docs/method.md):
+Algorithm, per optimizer step (docs/method.md, Normalisation):
     for each micro-batch of the step:
         p_t = log pi_theta(y_t | x, y_<t)                    (with gradient, temperature 1)
         q_t = log pi_theta at the target temperature, detached (== p_t.detach() at temperature 1)
