@@ -255,6 +255,7 @@ def _convert_qwen_ranks(ranks_file: Path) -> str:
     return json.dumps(spec, ensure_ascii=False)
 
 
+@functools.lru_cache(maxsize=1)
 def _qwen_bpe_json(ranks_file: Path) -> str:
     return _convert_qwen_ranks(ranks_file)
 

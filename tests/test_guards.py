@@ -14,6 +14,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import pear_exp.train.grpo as rl_stage
+import pear_exp.train.loop as train_loop
 import pear_exp.train.sft as sft_stage
 from pear_exp.config import RLConfig, SFTConfig, WeightingConfig, WeightLevel
 from pear_exp.errors import NonFiniteError
@@ -105,7 +106,7 @@ def test_sft_nan_behavior_logprob_stops_and_the_rerun_resumes(tokenizer, tmp_pat
 def test_sft_non_finite_gradient_norm_stops_before_the_step(tokenizer, tmp_path, monkeypatch):
     ckpt = tmp_path / "checkpoints"
     norms = iter([0.5, 0.5, float("inf")])
-    monkeypatch.setattr(sft_stage, "clip_grad_norm", lambda params, clip: next(norms))
+    monkeypatch.setattr(train_loop, "clip_grad_norm", lambda params, clip: next(norms))
     with pytest.raises(NonFiniteError, match=(
             r"^sft step 3: gradient norm is inf \(loss \d+\.\d+\); no checkpoint written; the "
             rf"last good checkpoint is {ckpt}/step-2 and the same command resumes from it$")):
