@@ -144,14 +144,19 @@ def test_each_task_kind_has_its_own_schema():
         composed(["task=countdown", "task.eval_set=aime2024"])
 
 
+def refused(tmp_path, *args) -> str:
+    """stderr of a command line that must stop with status 2 and create nothing."""
+    result = subprocess.run([sys.executable, "-m", "pear_exp", *args, f"run_dir={tmp_path / 'run'}"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert list(tmp_path.iterdir()) == []
+    return result.stderr
+
+
 def test_cli_names_the_chosen_options_keys_for_a_key_of_another_option(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "pear_exp", "task=aime2025", "task.num_numbers=5",
-         f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "'task.num_numbers' is not a key of the chosen option (MathTaskConfig)" in result.stderr
-    assert "eval_set, grade_timeout" in result.stderr
-    assert list(tmp_path.iterdir()) == []  # nothing was created
+    stderr = refused(tmp_path, "task=aime2025", "task.num_numbers=5")
+    assert "'task.num_numbers' is not a key of the chosen option (MathTaskConfig)" in stderr
+    assert "eval_set, grade_timeout" in stderr
 
 
 def test_a_key_no_task_kind_has_lists_each_kinds_keys():
@@ -162,12 +167,8 @@ def test_a_key_no_task_kind_has_lists_each_kinds_keys():
 
 
 def test_vllm_settings_on_the_command_line_are_refused_with_the_hf_engine(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "pear_exp", "rollout=hf", "rollout.gpu_memory_utilization=0.3",
-         f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "rollout.gpu_memory_utilization: vLLM settings, unused with rollout=hf" in result.stderr
-    assert list(tmp_path.iterdir()) == []
+    stderr = refused(tmp_path, "rollout=hf", "rollout.gpu_memory_utilization=0.3")
+    assert "rollout.gpu_memory_utilization: vLLM settings, unused with rollout=hf" in stderr
 
 
 def test_gpu_presets_share_a_base_and_switch_engines():

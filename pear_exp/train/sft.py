@@ -69,8 +69,8 @@ def train_sft(
     With checkpoint_dir, a checkpoint is written every cfg.checkpoint_every steps and training
     resumes from the latest one found there (same batches, same optimizer and RNG states).
     In a world of several processes every rank calls this with the same rows and seed: each
-    trains on its share of every step's sequences (pear_exp/train/distributed.py); under FSDP `model`
-    ends up sharded (gather it with world.full_state).
+    trains on its share of every step's sequences (pear_exp/train/distributed.py); under FSDP
+    `model` ends up sharded (gather it with world.full_state).
     """
     world = world or World()
     if cfg.batch_size % (cfg.micro_batch_size * world.size):
