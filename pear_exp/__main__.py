@@ -181,14 +181,17 @@ OPERATIONAL_KEYS = {"stages", "run_dir", "cache_dir", "logger", "threads", "plan
 
 
 def config_differences(old, new, prefix: str = "") -> list[str]:
-    """'key: recorded -> new' for every leaf that differs, outside OPERATIONAL_KEYS."""
+    """'key: recorded -> new' for every leaf of the new config that differs, outside
+    OPERATIONAL_KEYS."""
     old_c = OmegaConf.to_container(old) if not isinstance(old, (dict, list)) else old
     new_c = OmegaConf.to_container(new) if not isinstance(new, (dict, list)) else new
     out = []
-    for key in sorted(set(old_c) | set(new_c)):
+    # A key only the recorded config has is one the schema no longer holds (e.g. Countdown's
+    # settings that a math task's config once carried): nothing reads it, so it cannot differ.
+    for key in sorted(new_c):
         if not prefix and key in OPERATIONAL_KEYS:
             continue
-        a, b = old_c.get(key, "<absent>"), new_c.get(key, "<absent>")
+        a, b = old_c.get(key, "<absent>"), new_c[key]
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_differences(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -88,6 +88,12 @@ def test_config_differences_lists_changed_leaves_but_not_operational_keys():
     new = {"seed": 1, "stages": ["rl"], "sft": {"lr": 0.1, "steps": 4}, "logger": {"backend": "wandb"}}
     assert config_differences(old, new) == ["  seed: 0 -> 1", "  sft.steps: 3 -> 4"]
     assert config_differences(old, old) == []
+    # a key the schema dropped (a math task no longer carries Countdown's settings) is no change;
+    # a key the schema added is
+    dropped = {"task": {"name": "aime2025", "num_numbers": 3}}
+    assert config_differences(dropped, {"task": {"name": "aime2025"}}) == []
+    assert config_differences({"task": {}}, {"task": {"train_set": None}}) == [
+        "  task.train_set: '<absent>' -> None"]
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
