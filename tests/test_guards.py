@@ -274,15 +274,19 @@ def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
 
 # ----------------------------------------------------------------------------- the command
 INJECT = """
-import pear_exp.train.sft as sft
-train, clip, calls = sft.train_sft, sft.clip_grad_norm, []
+import pear_exp.stages.sft as sft_stage
+import pear_exp.train.loop as loop
+train, clip, calls = sft_stage.train_sft, loop.clip_grad_norm, []
 def nan_at_step_3(params, max_norm):  # the gradient norm of step 3 is nan
     calls.append(1)
     return float("nan") if len(calls) == 3 else clip(params, max_norm)
 def train_sft(*args, **kwargs):  # in the SFT stage, not in the tiny models' pretraining
-    sft.clip_grad_norm = nan_at_step_3 if kwargs.get("checkpoint_dir") else clip
-    return train(*args, **kwargs)
-sft.train_sft = train_sft
+    loop.clip_grad_norm = nan_at_step_3
+    try:
+        return train(*args, **kwargs)
+    finally:
+        loop.clip_grad_norm = clip
+sft_stage.train_sft = train_sft
 from pear_exp.__main__ import cli
 cli()
 """

@@ -32,6 +32,7 @@ from pear_exp import pipeline, plan, standins
 from pear_exp.__main__ import CONF_DIR
 from pear_exp.config import Config, register_configs
 from pear_exp.models import load_tokenizer, prompt_ids
+from pear_exp.stages import behavior, rl, sft
 
 GiB = 2**30
 
@@ -105,9 +106,9 @@ def main() -> None:
                 if row.term == "total"}
 
     peaks: dict = {}
-    pipeline.run_behavior_shared = measured("behavior", pipeline.run_behavior_shared, peaks)
-    pipeline.run_sft = measured("sft", pipeline.run_sft, peaks)
-    pipeline.run_rl = measured("rl", pipeline.run_rl, peaks)
+    behavior.run = measured("behavior", behavior.run, peaks)  # pipeline calls stage.run
+    sft.run = measured("sft", sft.run, peaks)
+    rl.run = measured("rl", rl.run, peaks)
     run_dir = args.out / "run"
     pipeline.run(cfg, run_dir, OmegaConf.to_container(dict_cfg, resolve=True), {})
 
