@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pear_exp import errors, preflight
 import pear_exp.config as config_module
 from pear_exp.config import (
+    OPERATIONAL_KEYS,
     TASK_SCHEMAS,
     VLLM_ONLY,
     Config,
@@ -172,12 +173,6 @@ def stop(err: errors.RunStopped):
     if HydraConfig.get().mode == RunMode.MULTIRUN:
         raise err
     raise SystemExit(f"error: {err}") from None
-
-
-# Keys that may change between invocations on one run directory: which stages to run now, where
-# caches live, tracking, thread and process settings (the objective does not depend on them).
-# Everything else defines the run's results.
-OPERATIONAL_KEYS = {"stages", "run_dir", "cache_dir", "logger", "threads", "plan", "distributed"}
 
 
 def config_differences(old, new, prefix: str = "") -> list[str]:

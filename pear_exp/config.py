@@ -393,6 +393,12 @@ class Config:
     plan: bool = False
 
 
+# Top-level keys that may change between invocations on one run directory, and that do not make
+# sweep points differ: which stages to run now, where caches live, tracking, thread and process
+# settings (the objective does not depend on them). Everything else defines a run's results.
+OPERATIONAL_KEYS = {"stages", "run_dir", "cache_dir", "logger", "threads", "plan", "distributed"}
+
+
 # The schema of each option of the task group; conf/task/*.yaml name theirs first in their
 # defaults list (`- /schema/task/math@_here_`).
 TASK_SCHEMAS = {TaskKind.countdown: CountdownTaskConfig, TaskKind.math: MathTaskConfig,

@@ -2,9 +2,13 @@
 
     python -m pear_exp.report multirun/2026-11-25/07-45-09 --out experiments/my_study
 
-Reads every job directory below the sweep (any folder holding config.yaml and summary.json),
-groups the jobs by weighting level and reports, for each checkpoint (sft, rl) and metric, the
-mean over seeds with a 95% t-interval (Student's t with seeds - 1 degrees of freedom). Jobs
+Reads every job directory below the sweep (any folder holding config.yaml and summary.json) and
+groups the jobs by every axis of the sweep: each config key whose value differs between jobs,
+other than the seed and the operational keys (config.OPERATIONAL_KEYS); a key that only follows
+another (block_size with the weighting option) is not an axis of its own. For each sweep point,
+checkpoint (sft, rl) and metric it reports the mean over seeds with a 95% t-interval (Student's
+t, seeds - 1 degrees of freedom), and, where weighting.level is an axis, each point's paired
+difference from plain SFT (level none, the other axes equal) over the seeds both ran. Jobs
 without a summary (failed or unfinished) are listed, not silently dropped.
 Writes report.md, post_sft_vs_post_rl.png and rl_reward.png into --out.
 """
@@ -19,8 +23,52 @@ from pathlib import Path
 
 import yaml
 
-from pear_exp.config import WeightLevel
+from pear_exp.config import OPERATIONAL_KEYS, WeightLevel
 from pear_exp.metrics import mean_ci95
+
+LEVEL = "weighting.level"
+LEVEL_ORDER = {level.value: i for i, level in enumerate(WeightLevel)}
+BASELINE = WeightLevel.none.value  # plain SFT: what the paired differences are taken against
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """{'sft.lr': '0.001', ...}: every leaf as text (lists and None compare as written)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value) if not isinstance(value, str) else value
+    return out
+
+
+def sweep_axes(jobs: list[dict]) -> list[str]:
+    """The keys whose values differ between the jobs (not the seed, not operational keys), less
+    those that only follow an earlier axis (the same grouping of the jobs). weighting.level
+    first."""
+    keys = sorted({k for job in jobs for k in job["config"]}, key=lambda k: (k != LEVEL, k))
+    axes, partitions = [], set()
+    for key in keys:
+        if key == "seed" or key.split(".")[0] in OPERATIONAL_KEYS:
+            continue
+        values = [job["config"].get(key) for job in jobs]
+        if len(set(values)) < 2:
+            continue
+        first = {}
+        partition = tuple(first.setdefault(v, i) for i, v in enumerate(values))
+        if partition not in partitions:
+            partitions.add(partition)
+            axes.append(key)
+    return axes
+
+
+def point_order(point: tuple[tuple[str, str], ...]):
+    """Sweep points in the order of WeightLevel, then of the other axes' values."""
+    return [(LEVEL_ORDER.get(v, len(LEVEL_ORDER)), v) if k == LEVEL else (0, v) for k, v in point]
+
+
+def label(point: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(v if k == LEVEL and len(point) == 1 else f"{k}={v}" for k, v in point) or "all"
 
 
 def load_jobs(sweep: Path) -> tuple[list[dict], list[Path]]:
@@ -39,34 +87,75 @@ def load_jobs(sweep: Path) -> tuple[list[dict], list[Path]]:
                 record = json.loads(line)
                 if record["stage"] == "rl":
                     rewards[record["step"]] = record["rl/reward_mean"]
-        jobs.append({"dir": job, "level": cfg["weighting"]["level"], "seed": cfg["seed"],
+        jobs.append({"dir": job, "config": flatten(cfg), "seed": cfg["seed"],
+                     "level": cfg["weighting"]["level"],
                      "summary": json.loads((job / "summary.json").read_text()),
                      "rewards": rewards})
+    axes = sweep_axes(jobs)
+    for job in jobs:  # the job's sweep point: its value on every axis
+        job["point"] = tuple((axis, job["config"].get(axis, "")) for axis in axes)
     return jobs, failed
 
 
 def table(jobs: list[dict], metrics: list[str]) -> tuple[str, dict]:
-    """Markdown table, and {(level, checkpoint, metric): (mean, half-width)}."""
-    by_level = defaultdict(list)
+    """Markdown table of the sweep points, and {(point, checkpoint, metric): (mean, half)}."""
+    by_point = defaultdict(list)
     for job in jobs:
-        by_level[job["level"]].append(job)
+        by_point[job["point"]].append(job)
+    points = sorted(by_point, key=point_order)
+    axes = [k for k, _ in points[0]]
     checkpoints = [c for c in ("base", "sft", "rl") if any(c in j["summary"] for j in jobs)]
-    header = "| weighting | seeds | " + " | ".join(
+    names = ["weighting" if axes == [LEVEL] else a for a in axes] or ["jobs"]
+    header = "| " + " | ".join(names) + " | seeds | " + " | ".join(
         f"{c} {m}" for c in checkpoints if c != "base" for m in metrics) + " |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     stats = {}
-    for level in [lv.value for lv in WeightLevel if lv.value in by_level]:
-        group = by_level[level]
+    for point in points:
+        group = by_point[point]
         cells = []
         for c in checkpoints:
             for m in metrics:
                 values = [j["summary"][c][m] for j in group if c in j["summary"]]
-                stats[(level, c, m)] = mean_ci95(values, student_t=True)
+                stats[(point, c, m)] = mean_ci95(values, student_t=True)
                 if c != "base":
-                    mean, half = stats[(level, c, m)]
+                    mean, half = stats[(point, c, m)]
                     cells.append(f"{mean:.3f} ± {half:.3f}")
-        lines.append(f"| {level} | {len(group)} | " + " | ".join(cells) + " |")
+        values = [v for _, v in point] or ["all"]
+        lines.append("| " + " | ".join(values) + f" | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines), stats
+
+
+def paired_differences(jobs: list[dict], metrics: list[str]) -> tuple[str, dict]:
+    """Each sweep point minus plain SFT at the same other axes, seed by seed over the seeds both
+    ran: markdown (empty when weighting.level is not an axis or no seeds are shared), and
+    {(point, checkpoint, metric): (mean difference, half-width, seeds)}."""
+    if not jobs or LEVEL not in dict(jobs[0]["point"]):
+        return "", {}
+    runs = {(j["point"], j["seed"]): j for j in jobs}
+    checkpoints = [c for c in ("sft", "rl") if any(c in j["summary"] for j in jobs)]
+    lines, stats = [], {}
+    for point in sorted({j["point"] for j in jobs}, key=point_order):
+        if dict(point)[LEVEL] == BASELINE:
+            continue
+        base = tuple((k, BASELINE if k == LEVEL else v) for k, v in point)
+        seeds = sorted(s for p, s in runs if p == point and (base, s) in runs)
+        if not seeds:
+            continue
+        cells = []
+        for c in checkpoints:
+            for m in metrics:
+                diffs = [runs[(point, s)]["summary"][c][m] - runs[(base, s)]["summary"][c][m]
+                         for s in seeds if c in runs[(point, s)]["summary"]
+                         and c in runs[(base, s)]["summary"]]
+                mean, half = mean_ci95(diffs, student_t=True)
+                stats[(point, c, m)] = (mean, half, len(diffs))
+                cells.append(f"{round(mean, 3) + 0.0:+.3f} ± {half:.3f}")  # no "-0.000"
+        lines.append(f"| {label(point)} - {BASELINE} | {len(seeds)} | " + " | ".join(cells) + " |")
+    if not lines:
+        return "", {}
+    header = "| difference | seeds | " + " | ".join(
+        f"{c} {m}" for c in checkpoints for m in metrics) + " |"
+    return "\n".join([header, "|" + "---|" * (header.count("|") - 1), *lines]), stats
 
 
 def plots(jobs: list[dict], stats: dict, metric: str, out: Path) -> list[str]:
@@ -75,18 +164,18 @@ def plots(jobs: list[dict], stats: dict, metric: str, out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    levels = [lv.value for lv in WeightLevel if any(j["level"] == lv.value for j in jobs)]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    points = sorted({j["point"] for j in jobs}, key=point_order)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(points)), 4))
     width = 0.38
     for offset, checkpoint in ((-width / 2, "sft"), (width / 2, "rl")):
-        means = [stats.get((lv, checkpoint, metric), (float("nan"),) * 2)[0] for lv in levels]
-        halves = [stats.get((lv, checkpoint, metric), (float("nan"),) * 2)[1] for lv in levels]
-        ax.bar([i + offset for i in range(len(levels))], means, width,
+        means = [stats.get((p, checkpoint, metric), (float("nan"),) * 2)[0] for p in points]
+        halves = [stats.get((p, checkpoint, metric), (float("nan"),) * 2)[1] for p in points]
+        ax.bar([i + offset for i in range(len(points))], means, width,
                yerr=[0 if math.isnan(h) else h for h in halves], capsize=4,
                label=f"after {checkpoint.upper()}")
-    ax.set_xticks(range(len(levels)), levels)
+    ax.set_xticks(range(len(points)), [label(p).replace(", ", "\n") for p in points])
     ax.set_ylabel(f"held-out {metric} (mean over seeds, 95% CI)")
-    ax.set_xlabel("SFT weighting")
+    ax.set_xlabel("sweep point" if [k for k, _ in points[0]] != [LEVEL] else "SFT weighting")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "post_sft_vs_post_rl.png", dpi=120)
@@ -94,14 +183,14 @@ def plots(jobs: list[dict], stats: dict, metric: str, out: Path) -> list[str]:
     written = ["post_sft_vs_post_rl.png"]
     if any(j["rewards"] for j in jobs):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for level in levels:
-            curves = [j["rewards"] for j in jobs if j["level"] == level and j["rewards"]]
+        for point in points:
+            curves = [j["rewards"] for j in jobs if j["point"] == point and j["rewards"]]
             steps = sorted(set.intersection(*(set(c) for c in curves)))
             mean = [sum(c[s] for c in curves) / len(curves) for s in steps]
             window = 10  # moving average: one step's reward is noisy
             smooth = [sum(mean[max(0, i - window + 1) : i + 1]) / len(mean[max(0, i - window + 1) : i + 1])
                       for i in range(len(mean))]
-            ax.plot(steps, smooth, label=f"{level} ({len(curves)} seeds)")
+            ax.plot(steps, smooth, label=f"{label(point)} ({len(curves)} seeds)")
         ax.set_xlabel("RL step")
         ax.set_ylabel("rollout reward (10-step moving mean)")
         ax.legend()
@@ -122,10 +211,17 @@ def report(sweep: Path, out: Path) -> str:
     metrics = [m for m in ("greedy", "pass@1", f"pass@{k_max}") if m in first]
     metrics = list(dict.fromkeys(metrics))  # pass@1 once when n = 1
     text, stats = table(jobs, metrics)
+    differences, _ = paired_differences(jobs, metrics)
     images = plots(jobs, stats, "pass@1", out)
+    axes = [k for k, _ in jobs[0]["point"]]
     lines = [f"# Sweep report: {sweep}", "",
-             f"{len(jobs)} finished jobs; mean over seeds ± 95% t-interval half-width "
-             "(Student's t, seeds - 1 degrees of freedom).", "", text, ""]
+             f"{len(jobs)} finished jobs; sweep axes: {', '.join(axes) or 'none'}; mean over "
+             "seeds ± 95% t-interval half-width (Student's t, seeds - 1 degrees of freedom).",
+             "", text, ""]
+    if differences:
+        lines += [f"Paired differences from plain SFT ({LEVEL}={BASELINE}, the other axes "
+                  "equal), seed by seed over the seeds both ran; mean ± 95% t-interval:", "",
+                  differences, ""]
     if failed:
         lines += ["Jobs without results (failed or unfinished):", ""]
         lines += [f"- {job}" for job in failed] + [""]

@@ -3,24 +3,73 @@
 import json
 
 import pytest
+import yaml
 
 from pear_exp.metrics import mean_ci95
-from pear_exp.report import report, table
+from pear_exp.report import paired_differences, report, sweep_axes, table
 from tests.test_pipeline import run_cli
 
 
-def test_table_orders_levels_as_the_enum_with_t_intervals():
-    def job(level, seed, pass1):
-        return {"level": level, "seed": seed, "summary": {"sft": {"pass@1": pass1}}}
+def jobs_of(*runs):
+    """Jobs as load_jobs makes them, from (config overrides, seed, {checkpoint: {metric: v}})."""
+    jobs = []
+    for overrides, seed, summary in runs:
+        config = {"weighting.level": "block", "weighting.block_size": "4", "sft.lr": "0.002",
+                  "run_dir": f"/r/{len(jobs)}", "seed": str(seed), **overrides}
+        jobs.append({"config": config, "seed": seed, "summary": summary, "rewards": {}})
+    axes = sweep_axes(jobs)
+    for job in jobs:
+        job["point"] = tuple((a, job["config"][a]) for a in axes)
+    return jobs
 
-    jobs = [job("sequence", 0, 0.5), job("none", 0, 0.2), job("none", 1, 0.4),
-            job("sequence", 1, 0.5)]
+
+def test_table_orders_levels_as_the_enum_with_t_intervals():
+    def run(level, seed, pass1):
+        return {"weighting.level": level}, seed, {"sft": {"pass@1": pass1}}
+
+    jobs = jobs_of(run("sequence", 0, 0.5), run("none", 0, 0.2), run("none", 1, 0.4),
+                   run("sequence", 1, 0.5))
     markdown, stats = table(jobs, ["pass@1"])
     rows = markdown.splitlines()[2:]
     # none before sequence (WeightLevel's order); 2 seeds: t(1) = 12.706, so 0.2, 0.4 give
     # 0.300 +- 12.706 * sqrt(0.02) / sqrt(2) = 1.271; equal values give a zero half-width
     assert rows == ["| none | 2 | 0.300 ± 1.271 |", "| sequence | 2 | 0.500 ± 0.000 |"]
-    assert stats[("none", "sft", "pass@1")] == mean_ci95([0.2, 0.4], student_t=True)
+    assert stats[((("weighting.level", "none"),), "sft", "pass@1")] == mean_ci95(
+        [0.2, 0.4], student_t=True)
+
+
+def test_the_axes_are_the_keys_that_vary_less_the_seed_operational_and_following_keys():
+    jobs = jobs_of(({"weighting.level": "none", "weighting.block_size": "1"}, 0, {}),
+                   ({"weighting.level": "block", "sft.lr": "0.01"}, 0, {}),
+                   ({"weighting.level": "none", "weighting.block_size": "1"}, 1, {}),
+                   ({"weighting.level": "block"}, 1, {}))
+    # run_dir (operational) and seed vary too; block_size only follows the level
+    assert sweep_axes(jobs) == ["weighting.level", "sft.lr"]
+
+
+def test_paired_differences_from_plain_sft_at_the_same_other_axes_and_seeds():
+    def run(level, lr, seed, sft, rl):
+        return ({"weighting.level": level, "sft.lr": lr}, seed,
+                {"sft": {"pass@1": sft}, "rl": {"pass@1": rl}})
+
+    jobs = jobs_of(run("none", "0.1", 0, 0.20, 0.30), run("none", "0.1", 1, 0.40, 0.50),
+                   run("block", "0.1", 0, 0.25, 0.40), run("block", "0.1", 1, 0.35, 0.70),
+                   run("block", "0.1", 2, 0.90, 0.90),  # seed 2 has no plain-SFT partner
+                   run("none", "0.2", 0, 0.10, 0.10), run("token", "0.2", 0, 0.30, 0.20))
+    markdown, stats = paired_differences(jobs, ["pass@1"])
+    block = (("weighting.level", "block"), ("sft.lr", "0.1"))
+    # sft: (0.25 - 0.20, 0.35 - 0.40) = (+0.05, -0.05): mean 0, sd 0.0707, t(1) 12.706,
+    # half-width 12.706 * 0.0707 / sqrt(2) = 0.635; rl: (+0.10, +0.20): mean 0.15, half 0.635
+    mean, half, n = stats[(block, "sft", "pass@1")]
+    assert n == 2 and abs(mean) < 1e-12 and half == pytest.approx(0.6353, abs=1e-4)
+    mean, half, n = stats[(block, "rl", "pass@1")]
+    assert (mean, n) == (pytest.approx(0.15), 2) and half == pytest.approx(0.6353, abs=1e-4)
+    token = (("weighting.level", "token"), ("sft.lr", "0.2"))
+    assert stats[(token, "rl", "pass@1")][:1] == (pytest.approx(0.10),)  # one seed: 0.2 - 0.1
+    rows = markdown.splitlines()[2:]
+    assert rows[1].startswith("| weighting.level=block, sft.lr=0.1 - none | 2 | +0.000 ± 0.635 |")
+    assert rows[0].startswith("| weighting.level=token, sft.lr=0.2 - none | 1 | +0.200 ± nan |")
+    assert len(rows) == 2  # block and token; no row for plain SFT itself
 
 
 @pytest.mark.slow
@@ -45,3 +94,11 @@ def test_two_by_two_multirun_and_report(tmp_path):
         mean, half = mean_ci95(values, student_t=True)
         row = next(line for line in markdown.splitlines() if line.startswith(f"| {level} |"))
         assert f"| {level} | 2 |" in row and f"{mean:.3f} ± {half:.3f}" in row
+    # block - none, seed by seed (both seeds ran both levels)
+    configs = {p: yaml.safe_load((p.parent / "config.yaml").read_text()) for p in summaries}
+    runs = {(configs[p]["weighting"]["level"], configs[p]["seed"]):
+            json.loads(p.read_text())["rl"]["pass@1"] for p in summaries}
+    mean, half = mean_ci95([runs[("block", s)] - runs[("none", s)] for s in (0, 1)],
+                           student_t=True)
+    assert "| block - none | 2 |" in markdown
+    assert f"{round(mean, 3) + 0.0:+.3f} ± {half:.3f}" in markdown
