@@ -22,10 +22,19 @@ class ConfigValueError(ValueError):
 
 
 class WeightLevel(Enum):
-    none = "none"
-    token = "token"
+    """The SFT loss weights: plain SFT, PEAR at one of its granularities, or a relative of PEAR
+    (docs/method.md; each option's formula and source in conf/weighting/<option>.yaml)."""
+
+    none = "none"  # plain SFT: every loss token has weight 1
+    token = "token"  # PEAR (pear_exp.weighting.pear_weights)
     block = "block"
     sequence = "sequence"
+    dft = "dft"  # DFT (arXiv 2508.05629): the current probability of the token, detached
+
+    @property
+    def is_pear(self) -> bool:
+        """PEAR's importance weights (not plain SFT, not a relative)."""
+        return self in (WeightLevel.token, WeightLevel.block, WeightLevel.sequence)
 
 
 class Normalization(Enum):

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from pear_exp.config import (
     ArchitectureConfig, BehaviorSource, Config, Engine, ModelConfig, Precision, Stage, TaskKind,
-    WeightingConfig, WeightLevel,
+    WeightingConfig,
 )
 from pear_exp.memory import (
     DTYPE_BYTES, GiB, activation_bytes, architecture_of, count_parameters, dtype_bytes,
@@ -369,7 +369,7 @@ def weight_checks(cfg: Config) -> list[str]:
     """Settings under which most PEAR weights are expected at the floor log_weight_clip[0]
     (what the SFT stage warns about at run time, pear_exp/train/sft.py weight_health)."""
     w, b = cfg.weighting, cfg.behavior
-    if w.level == WeightLevel.none or Stage.sft not in cfg.stages:
+    if not w.level.is_pear or Stage.sft not in cfg.stages:
         return []
     out = []
     if b.source == BehaviorSource.teacher and b.temperature != w.target_temperature:

@@ -29,7 +29,9 @@ from torch import Tensor
 
 from pear_exp.config import WeightLevel
 
-LEVELS = tuple(level.value for level in WeightLevel)  # the names pear_weights accepts
+# The names pear_weights accepts: plain SFT and PEAR's granularities (WeightLevel also holds
+# PEAR's relatives, which have their own functions below).
+LEVELS = tuple(level.value for level in WeightLevel if level.is_pear or level == WeightLevel.none)
 STAT_KEYS = ("weight_mean", "weight_min", "weight_max", "weight_ess", "delta_clip_low_frac",
              "delta_clip_high_frac", "log_weight_clip_frac", "log_weight_floor_frac", "delta_mean")
 
@@ -126,3 +128,17 @@ def pear_weights_with_stats(policy_logprobs: Tensor, behavior_logprobs: Tensor, 
         ]).tolist()                                                             # one device sync
         stats = dict(zip(STAT_KEYS, values))
     return weights.to(torch.promote_types(policy_logprobs.dtype, torch.float32)), stats
+
+
+def dft_weights(policy_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """DFT's token weights (arXiv 2508.05629; its official fsdp_dft_trainer.py): the current
+    model's probability of each data token, detached, 0 off the loss mask; no clamp.
+
+    policy_logprobs: (batch, seq) log pi_theta(y_t | x, y_<t) at temperature 1.
+    Returns (batch, seq): exp(policy_logprobs) where mask is 1. The loss sum_t W_t nll_t / N then
+    has the gradient of -sum_t sg(p_t) log p_t / N."""
+    if policy_logprobs.shape != mask.shape or mask.dim() != 2:
+        raise ValueError(f"policy_logprobs {tuple(policy_logprobs.shape)} and mask "
+                         f"{tuple(mask.shape)} must be the same (batch, seq) shape")
+    return torch.where(mask.bool(), policy_logprobs.detach().exp(), torch.zeros_like(mask,
+                       dtype=policy_logprobs.dtype))

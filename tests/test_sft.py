@@ -83,7 +83,8 @@ def grads_after_one_step(tokenizer, rows, micro, weighting, normalization=Normal
     return captured, model
 
 
-@pytest.mark.parametrize("level", [WeightLevel.none, WeightLevel.block, WeightLevel.sequence])
+@pytest.mark.parametrize("level", [WeightLevel.none, WeightLevel.block, WeightLevel.sequence,
+                                   WeightLevel.dft])
 @pytest.mark.parametrize("normalization", [Normalization.tokens, Normalization.weights])
 def test_one_batch_of_8_equals_8_micro_batches_of_1(tokenizer, level, normalization):
     rows = rows_for(tokenizer)
@@ -104,6 +105,22 @@ def test_gradient_is_that_of_sum_w_l_over_n(tokenizer):
     w = pear_weights(logp.detach(), batch["behavior_logprobs"], batch["loss_mask"],
                      level="token", gamma=0.9)
     loss = -(w * logp).sum() / batch["loss_mask"].sum()
+    loss.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_dft_gradient_is_that_of_its_loss_written_out(tokenizer):
+    """Independent route: DFT's loss as its paper writes it, -sum_t sg(p_t) log p_t / N, on one
+    padded batch, against the trainer's 2 micro-batches of 4."""
+    rows = rows_for(tokenizer)
+    grads, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.dft)
+    model = make_tiny_model(tokenizer, seed=3).train()
+    batch = collate(rows, tokenizer.pad_token_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logp = token_logprobs(logits, batch["input_ids"])
+    mask = batch["loss_mask"]
+    loss = -(logp.exp().detach() * logp * mask).sum() / mask.sum()
     loss.backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4)

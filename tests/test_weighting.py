@@ -322,3 +322,25 @@ def test_arguments():
         pear_weights(p, b[:, :-1], mask)
     with pytest.raises(ValueError, match="delta_clip"):
         pear_weights(p, b, mask, delta_clip=(0.3, -0.08))
+
+
+# ----------------------------------------------------------------------------- PEAR's relatives
+def test_dft_weights_are_the_detached_probabilities_on_loss_tokens():
+    from pear_exp.weighting import dft_weights
+
+    logp = torch.tensor([[math.log(0.5), math.log(0.25), -3.0], [0.0, math.log(0.9), -1.0]],
+                        requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
+    w = dft_weights(logp, mask)
+    assert_close(w, torch.tensor([[0.5, 0.25, 0.0], [0.0, 0.9, math.exp(-1.0)]]))
+    assert not w.requires_grad  # a constant for the optimizer, like PEAR's weights
+    # the weighted loss's gradient is that of -sum sg(p) log p: d/dlogp = -p on loss tokens
+    (-(w * logp).sum()).backward()
+    assert_close(logp.grad, -torch.tensor([[0.5, 0.25, 0.0], [0.0, 0.9, math.exp(-1.0)]]))
+    with pytest.raises(ValueError, match="same"):
+        dft_weights(logp[:, :2], mask)
+
+
+def test_pear_weights_refuses_the_relatives_names():
+    with pytest.raises(ValueError, match="unknown PEAR weighting level 'dft'"):
+        pear_weights(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), level="dft")

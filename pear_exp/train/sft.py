@@ -4,7 +4,8 @@ Algorithm, per optimizer step (docs/method.md, Normalisation):
     for each micro-batch of the step:
         p_t = log pi_theta(y_t | x, y_<t)                    (with gradient, temperature 1)
         q_t = log pi_theta at the target temperature, detached (== p_t.detach() at temperature 1)
-        W   = pear_weights(q, b, loss_mask, level, ...)       (detached, 0 off the loss mask)
+        W   = pear_weights(q, b, loss_mask, level, ...)       (detached, 0 off the loss mask;
+              weighting=none: the loss mask; dft: exp(p_t) detached, dft_weights)
         backward of sum_t W_t * (-p_t)
     divide every gradient by N, N = loss tokens in the whole step (or sum W: self-normalised),
     clip the gradient norm, AdamW step, learning-rate schedule step.
@@ -15,6 +16,9 @@ ranks).
 
 Batches: data.length_grouped_batches (grouped by length within windows, then shuffled).
 Weighting `none` is plain SFT (W = mask); the tiny models are pretrained with this same loop.
+Weighting `dft` is DFT (arXiv 2508.05629): W_t = pi_theta(y_t | x, y_<t) at temperature 1,
+detached, as its official trainer computes it; with normalization=tokens the loss is its
+sum_t sg(p_t) nll_t / (loss tokens).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pear_exp.data import Row, collate, length_grouped_batches
 from pear_exp.losses import weighted_nll_sum
 from pear_exp.train.distributed import World
 from pear_exp.train.loop import FiniteGuard, autocast, start_loop
-from pear_exp.weighting import pear_weights, pear_weights_with_stats
+from pear_exp.weighting import dft_weights, pear_weights, pear_weights_with_stats
 
 logger = logging.getLogger(__name__)  # Hydra's job logging: the console and the run's log file
 
@@ -93,8 +97,8 @@ def train_sft(
     # PEAR's p_t is the current model at the RL temperature: a second, detached log-softmax of
     # the same forward pass when that temperature is not 1.
     target_temperature = (weighting.target_temperature
-                          if weighting.level != WeightLevel.none
-                          and weighting.target_temperature != 1.0 else None)
+                          if weighting.level.is_pear and weighting.target_temperature != 1.0
+                          else None)
     metrics: dict[str, float] = {}
     window = {"tokens": 0, "seconds": 0.0}
     warned = False  # weight health: once per stage run
@@ -120,6 +124,8 @@ def train_sft(
                 mask = batch["loss_mask"]
                 if weighting.level == WeightLevel.none:
                     weights = mask
+                elif weighting.level == WeightLevel.dft:  # the model's own probability, T = 1
+                    weights = dft_weights(logp, mask)
                 else:
                     target = logp.detach() if target is None else target
                     weights = pear_weights(target, batch["behavior_logprobs"], mask,
