@@ -30,6 +30,15 @@ class WeightLevel(Enum):
     block = "block"
     sequence = "sequence"
     dft = "dft"  # DFT (arXiv 2508.05629): the current probability of the token, detached
+    # iw-SFT (arXiv 2507.12856): importance weights of the current model against the frozen
+    # initial model, per sequence (its official default) or per token
+    iw_sft = "iw_sft"
+    iw_sft_token = "iw_sft_token"
+
+    @property
+    def needs_reference(self) -> bool:
+        """Weights against the frozen initial model (loaded beside the one being trained)."""
+        return self in (WeightLevel.iw_sft, WeightLevel.iw_sft_token)
 
     @property
     def is_pear(self) -> bool:
@@ -182,6 +191,11 @@ class WeightingConfig:
     # default of Python-built configs.
     target_temperature: float = 1.0
     normalization: Normalization = Normalization.tokens
+    # iw-SFT only (conf/weighting/iw_sft*.yaml): the clamp of its weights (null: the official
+    # code's for the variant, weighting.IW_SFT_CLIPS) and the scale of the sequence variant's
+    # mean log-ratio
+    iw_clip: Optional[list[float]] = None
+    iw_temperature: float = 1.0
 
 
 class TaskKind(Enum):

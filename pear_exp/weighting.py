@@ -142,3 +142,32 @@ def dft_weights(policy_logprobs: Tensor, mask: Tensor) -> Tensor:
                          f"{tuple(mask.shape)} must be the same (batch, seq) shape")
     return torch.where(mask.bool(), policy_logprobs.detach().exp(), torch.zeros_like(mask,
                        dtype=policy_logprobs.dtype))
+
+
+# iw-SFT's clamps in its official code: the sequence weight in [0, 16], a token's in [0.2, 1.8]
+IW_SFT_CLIPS = {"sequence": (0.0, 16.0), "token": (0.2, 1.8)}
+
+
+def iw_sft_weights(policy_logprobs: Tensor, reference_logprobs: Tensor, mask: Tensor, *,
+                   per_token: bool, clip: tuple[float, float], temperature: float = 1.0) -> Tensor:
+    """iw-SFT's weights (arXiv 2507.12856; its official bounding_trainers.py IwSFTLoss): the
+    current model against a frozen reference (the initial model), both at temperature 1.
+
+        d_t = log pi_theta(y_t) (detached) - log pi_ref(y_t)      on loss tokens
+        sequence: W_t = clamp(exp(temperature * mean_t d_t), clip) for every loss token of the row
+                  (the official code divides the summed log-ratio by the row's loss tokens)
+        token:    W_t = clamp(exp(d_t), clip)
+
+    policy_logprobs, reference_logprobs, mask: (batch, seq). Returns (batch, seq), detached, 0
+    off the loss mask."""
+    if not (policy_logprobs.shape == reference_logprobs.shape == mask.shape) or mask.dim() != 2:
+        raise ValueError("policy_logprobs, reference_logprobs and mask must be the same "
+                         "(batch, seq) shape")
+    lo, hi = clip
+    d = (policy_logprobs.detach() - reference_logprobs) * mask
+    if per_token:
+        w = d.exp().clamp(lo, hi)
+    else:
+        mean = d.sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1)
+        w = (temperature * mean).exp().clamp(lo, hi).expand_as(d)
+    return w * mask

@@ -65,8 +65,8 @@ def test_length_grouped_batches_cover_each_epoch_once():
 
 
 def grads_after_one_step(tokenizer, rows, micro, weighting, normalization=Normalization.tokens,
-                         **sft_overrides):
-    model = make_tiny_model(tokenizer, seed=3)
+                         model=None, reference=None, **sft_overrides):
+    model = model or make_tiny_model(tokenizer, seed=3)
     cfg = SFTConfig(steps=1, batch_size=8, micro_batch_size=micro, lr=0.0, warmup_steps=1,
                     grad_clip=1e9, log_every=1, **sft_overrides)
     captured = {}
@@ -77,14 +77,14 @@ def grads_after_one_step(tokenizer, rows, micro, weighting, normalization=Normal
     handle = register_optimizer_step_pre_hook(capture)
     try:
         w = WeightingConfig(level=weighting, block_size=2, gamma=0.9, normalization=normalization)
-        train_sft(model, rows, cfg, w, pad_id=tokenizer.pad_token_id, seed=0)
+        train_sft(model, rows, cfg, w, pad_id=tokenizer.pad_token_id, seed=0, reference=reference)
     finally:
         handle.remove()
     return captured, model
 
 
 @pytest.mark.parametrize("level", [WeightLevel.none, WeightLevel.block, WeightLevel.sequence,
-                                   WeightLevel.dft])
+                                   WeightLevel.dft, WeightLevel.iw_sft, WeightLevel.iw_sft_token])
 @pytest.mark.parametrize("normalization", [Normalization.tokens, Normalization.weights])
 def test_one_batch_of_8_equals_8_micro_batches_of_1(tokenizer, level, normalization):
     rows = rows_for(tokenizer)
@@ -161,3 +161,46 @@ def test_chunked_log_probs_give_the_same_gradient(tokenizer):
     chunked, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token, logprob_chunk_size=7)
     for name in full:
         torch.testing.assert_close(chunked[name], full[name], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("level", [WeightLevel.iw_sft, WeightLevel.iw_sft_token])
+def test_iw_sft_gradient_is_that_of_its_loss_written_out(tokenizer, level):
+    """Independent route: at its first step the model is its own frozen reference, so every
+    log-ratio is 0 and iw-SFT's weights are exp(0) = 1 (inside both clamps): the gradient is
+    plain SFT's. After a step of training the reference differs: checked against a loss written
+    out with a hand-built reference forward."""
+    rows = rows_for(tokenizer)
+    iw, _ = grads_after_one_step(tokenizer, rows, 4, level)
+    plain, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.none)
+    for name in iw:
+        torch.testing.assert_close(iw[name], plain[name], atol=1e-6, rtol=1e-4)
+    # a trained model against the untrained reference
+    trained = make_tiny_model(tokenizer, seed=3)
+    cfg = SFTConfig(steps=3, batch_size=8, micro_batch_size=8, lr=1e-2, warmup_steps=1,
+                    log_every=100)
+    train_sft(trained, rows, cfg, WeightingConfig(level=WeightLevel.none), pad_id=0, seed=0)
+    initial = make_tiny_model(tokenizer, seed=3)
+    batch = collate(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        ref = token_logprobs(initial(input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"]).logits,
+                             batch["input_ids"])
+    trained.train()
+    logits = trained(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logp = token_logprobs(logits, batch["input_ids"])
+    mask = batch["loss_mask"]
+    d = (logp.detach() - ref) * mask
+    if level == WeightLevel.iw_sft:  # exp of the row's mean log-ratio, clamped to [0, 16]
+        w = (d.sum(1, keepdim=True) / mask.sum(1, keepdim=True)).exp().clamp(0, 16) * mask
+    else:
+        w = d.exp().clamp(0.2, 1.8) * mask
+    assert not torch.allclose(w[mask.bool()], torch.ones(int(mask.sum())))  # the test has teeth
+    (-(w * logp).sum() / mask.sum()).backward()
+    expected = {n: p.grad.clone() for n, p in trained.named_parameters()}
+    # the trainer, one step of lr 0 from the trained weights, the initial model as reference
+    start = make_tiny_model(tokenizer, seed=3)
+    start.load_state_dict(trained.state_dict())
+    got, _ = grads_after_one_step(tokenizer, rows, 4, level, model=start,
+                                  reference=make_tiny_model(tokenizer, seed=3))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=1e-4)

@@ -344,3 +344,22 @@ def test_dft_weights_are_the_detached_probabilities_on_loss_tokens():
 def test_pear_weights_refuses_the_relatives_names():
     with pytest.raises(ValueError, match="unknown PEAR weighting level 'dft'"):
         pear_weights(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), level="dft")
+
+
+def test_iw_sft_weights_sequence_and_token_variants_hand_computed():
+    from pear_exp.weighting import iw_sft_weights
+
+    p = torch.tensor([[-1.0, -2.0, -9.0], [-0.5, -0.5, -0.5]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-0.5, -3.0, -0.1]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    # d = p - ref on loss tokens: row 0 (0.5, -1.0) mean -0.25; row 1 (0, 2.5, -0.4) mean 0.7
+    seq = iw_sft_weights(p, ref, mask, per_token=False, clip=(0.0, 16.0))
+    assert_close(seq, torch.tensor([[math.exp(-0.25)] * 2 + [0.0], [math.exp(0.7)] * 3]))
+    # temperature 2 doubles the mean log-ratio; clip (0, 2) caps exp(1.4) = 4.06 at 2
+    hot = iw_sft_weights(p, ref, mask, per_token=False, clip=(0.0, 2.0), temperature=2.0)
+    assert_close(hot, torch.tensor([[math.exp(-0.5)] * 2 + [0.0], [2.0] * 3]))
+    token = iw_sft_weights(p, ref, mask, per_token=True, clip=(0.2, 1.8))
+    # exp(0.5) = 1.65; exp(-1) = 0.37; exp(0) = 1; exp(2.5) = 12.2 -> 1.8; exp(-0.4) = 0.67
+    assert_close(token, torch.tensor([[math.exp(0.5), math.exp(-1.0), 0.0],
+                                      [1.0, 1.8, math.exp(-0.4)]]))
+    assert not seq.requires_grad and not token.requires_grad

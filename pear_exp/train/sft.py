@@ -16,6 +16,9 @@ ranks).
 
 Batches: data.length_grouped_batches (grouped by length within windows, then shuffled).
 Weighting `none` is plain SFT (W = mask); the tiny models are pretrained with this same loop.
+Weightings `iw_sft` / `iw_sft_token` are iw-SFT (arXiv 2507.12856): weights of the current model
+against the frozen initial model (a copy taken before the first step, also when resuming: the
+copy is of the model as given, the checkpoint is loaded after it), pear_exp.weighting.iw_sft_weights.
 Weighting `dft` is DFT (arXiv 2508.05629): W_t = pi_theta(y_t | x, y_<t) at temperature 1,
 detached, as its official trainer computes it; with normalization=tokens the loss is its
 sum_t sg(p_t) nll_t / (loss tokens).
@@ -23,6 +26,7 @@ sum_t sg(p_t) nll_t / (loss tokens).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -35,9 +39,12 @@ from tqdm.auto import tqdm
 from pear_exp.config import Normalization, SFTConfig, WeightingConfig, WeightLevel
 from pear_exp.data import Row, collate, length_grouped_batches
 from pear_exp.losses import weighted_nll_sum
+from pear_exp.policy import TokenLogProbs
 from pear_exp.train.distributed import World
 from pear_exp.train.loop import FiniteGuard, autocast, start_loop
-from pear_exp.weighting import dft_weights, pear_weights, pear_weights_with_stats
+from pear_exp.weighting import (
+    IW_SFT_CLIPS, dft_weights, iw_sft_weights, pear_weights, pear_weights_with_stats,
+)
 
 logger = logging.getLogger(__name__)  # Hydra's job logging: the console and the run's log file
 
@@ -67,6 +74,7 @@ def train_sft(
     desc: str = "sft",
     checkpoint_dir: Path | None = None,
     world: World | None = None,
+    reference=None,
 ) -> dict[str, float]:
     """Train `model` in place for cfg.steps optimizer steps; returns the last logged metrics.
 
@@ -75,6 +83,7 @@ def train_sft(
     In a world of several processes every rank calls this with the same rows and seed: each
     trains on its share of every step's sequences (pear_exp/train/distributed.py); under FSDP
     `model` ends up sharded (gather it with world.full_state).
+    `reference`: the frozen policy iw-SFT weighs against (default: a copy of `model` as given).
     """
     world = world or World()
     if cfg.batch_size % (cfg.micro_batch_size * world.size):
@@ -85,6 +94,9 @@ def train_sft(
     if len(rows) < cfg.batch_size:
         raise ValueError(f"{len(rows)} training rows is fewer than sft.batch_size={cfg.batch_size}")
     torch.manual_seed(seed)
+    if weighting.level.needs_reference:  # the frozen initial model, copied before any step
+        reference = reference if reference is not None else copy.deepcopy(model)
+        reference = TokenLogProbs(reference.eval().requires_grad_(False), cfg.logprob_chunk_size)
     model.train()
     device = next(model.parameters()).device
     loop = start_loop(model, cfg, world, total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
@@ -126,6 +138,14 @@ def train_sft(
                     weights = mask
                 elif weighting.level == WeightLevel.dft:  # the model's own probability, T = 1
                     weights = dft_weights(logp, mask)
+                elif weighting.level.needs_reference:  # iw-SFT: against the initial model
+                    with torch.no_grad(), autocast_bf16:
+                        ref = reference(batch["input_ids"], batch["attention_mask"])[0]
+                    per_token = weighting.level == WeightLevel.iw_sft_token
+                    clip = weighting.iw_clip or IW_SFT_CLIPS["token" if per_token else "sequence"]
+                    weights = iw_sft_weights(logp, ref, mask, per_token=per_token,
+                                             clip=tuple(clip),
+                                             temperature=weighting.iw_temperature)
                 else:
                     target = logp.detach() if target is None else target
                     weights = pear_weights(target, batch["behavior_logprobs"], mask,
