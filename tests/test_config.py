@@ -52,7 +52,8 @@ def test_misspelt_group_option_lists_the_valid_ones():
 def test_bad_enum_value_lists_the_valid_ones():
     with pytest.raises(ConfigCompositionException) as err:
         composed(["weighting.level=blok"])
-    assert "expected one of [none, token, block, sequence, dft]" in str(err.value.__cause__)
+    assert ("expected one of [none, token, block, sequence, dft, iw_sft, iw_sft_token]"
+            in str(err.value.__cause__))
 
 
 def test_unknown_keys_are_refused_with_the_valid_keys():
