@@ -94,20 +94,28 @@ def test_one_batch_of_8_equals_8_micro_batches_of_1(tokenizer, level, normalizat
         torch.testing.assert_close(split[name], full[name], atol=1e-6, rtol=1e-4)
 
 
+def assert_grads_of_written_loss(tokenizer, rows, grads, loss_of):
+    """The trainer's gradient `grads` equals autograd of `loss_of(logp, batch)` on one padded
+    batch through the same initial model."""
+    model = make_tiny_model(tokenizer, seed=3).train()
+    batch = collate(rows, tokenizer.pad_token_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss_of(token_logprobs(logits, batch["input_ids"]), batch).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4)
+
+
 def test_gradient_is_that_of_sum_w_l_over_n(tokenizer):
     """Independent route: autograd of the PEAR loss written out on one padded batch."""
     rows = rows_for(tokenizer)
     grads, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token)
-    model = make_tiny_model(tokenizer, seed=3).train()
-    batch = collate(rows, tokenizer.pad_token_id)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logp = token_logprobs(logits, batch["input_ids"])
-    w = pear_weights(logp.detach(), batch["behavior_logprobs"], batch["loss_mask"],
-                     level="token", gamma=0.9)
-    loss = -(w * logp).sum() / batch["loss_mask"].sum()
-    loss.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4)
+
+    def pear_loss(logp, batch):
+        w = pear_weights(logp.detach(), batch["behavior_logprobs"], batch["loss_mask"],
+                         level="token", gamma=0.9)
+        return -(w * logp).sum() / batch["loss_mask"].sum()
+
+    assert_grads_of_written_loss(tokenizer, rows, grads, pear_loss)
 
 
 def test_dft_gradient_is_that_of_its_loss_written_out(tokenizer):
@@ -115,52 +123,12 @@ def test_dft_gradient_is_that_of_its_loss_written_out(tokenizer):
     padded batch, against the trainer's 2 micro-batches of 4."""
     rows = rows_for(tokenizer)
     grads, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.dft)
-    model = make_tiny_model(tokenizer, seed=3).train()
-    batch = collate(rows, tokenizer.pad_token_id)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logp = token_logprobs(logits, batch["input_ids"])
-    mask = batch["loss_mask"]
-    loss = -(logp.exp().detach() * logp * mask).sum() / mask.sum()
-    loss.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4)
 
+    def dft_loss(logp, batch):
+        mask = batch["loss_mask"]
+        return -(logp.exp().detach() * logp * mask).sum() / mask.sum()
 
-def test_training_lowers_the_loss(tokenizer):
-    rows = rows_for(tokenizer, n=16)
-    model = make_tiny_model(tokenizer, seed=1)
-    logged = []
-    cfg = SFTConfig(steps=40, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=4, log_every=1)
-    train_sft(model, rows, cfg, WeightingConfig(level=WeightLevel.block), pad_id=0, seed=0,
-              log=lambda m, step: logged.append(m))
-    assert len(logged) == 40
-    assert logged[-1]["nll"] < 0.5 * logged[0]["nll"]
-    for key in ("weight_mean", "weight_ess", "delta_mean", "grad_norm", "lr", "loss_tokens_per_s"):
-        assert math.isfinite(logged[-1][key])
-
-
-def test_batch_size_must_be_a_multiple_of_micro_batch(tokenizer):
-    cfg = SFTConfig(steps=1, batch_size=8, micro_batch_size=3)
-    with pytest.raises(ValueError, match="multiple"):
-        train_sft(make_tiny_model(tokenizer), rows_for(tokenizer), cfg, WeightingConfig(), pad_id=0, seed=0)
-
-
-def test_gradient_checkpointing_gives_the_same_gradient(tokenizer):
-    rows = rows_for(tokenizer)
-    plain, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token)
-    checkpointed, model = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token,
-                                               gradient_checkpointing=True)
-    assert not model.is_gradient_checkpointing  # switched off again after training
-    for name in plain:
-        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-4)
-
-
-def test_chunked_log_probs_give_the_same_gradient(tokenizer):
-    rows = rows_for(tokenizer)
-    full, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token)
-    chunked, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token, logprob_chunk_size=7)
-    for name in full:
-        torch.testing.assert_close(chunked[name], full[name], atol=1e-6, rtol=1e-4)
+    assert_grads_of_written_loss(tokenizer, rows, grads, dft_loss)
 
 
 @pytest.mark.parametrize("level", [WeightLevel.iw_sft, WeightLevel.iw_sft_token])

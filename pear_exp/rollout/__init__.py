@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from pear_exp import models
 from pear_exp.config import Engine, RolloutConfig
-from pear_exp.rollout.base import Completion, RolloutEngine
+from pear_exp.rollout.base import Completion, RolloutEngine, grade_finished
 from pear_exp.rollout.hf import HFEngine
 from pear_exp.rollout.vllm import VLLMEngine
 
-__all__ = ["Completion", "RolloutEngine", "make_engine"]
+__all__ = ["Completion", "RolloutEngine", "grade_finished", "make_engine"]
 
 
 def make_engine(cfg: RolloutConfig, path: str, tokenizer, *, model=None, dtype: str = "float32",

@@ -4,7 +4,9 @@ log-probs, take new weights, free its memory."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol, Sequence, TypeVar
+
+Grade = TypeVar("Grade")
 
 
 @dataclass
@@ -28,3 +30,14 @@ class RolloutEngine(Protocol):
     def close(self) -> None:
         """Free the engine's memory (vLLM: its engine core, weights and KV cache); idempotent."""
         ...
+
+
+def grade_finished(grade_many: Callable[[list, list[str]], list[Grade]], problems: Sequence,
+                   completions: Sequence[Completion], texts: Sequence[str],
+                   cut_off: Grade) -> list[Grade]:
+    """The grade of each completion (flat lists, one problem each): the completions that stopped
+    go through the task's batched grader in one call (task.score_many, task.classify_many); one
+    cut off at max_new_tokens is not graded and gets `cut_off`."""
+    stopped = [i for i, c in enumerate(completions) if c.finish_reason == "stop"]
+    graded = iter(grade_many([problems[i] for i in stopped], [texts[i] for i in stopped]))
+    return [next(graded) if c.finish_reason == "stop" else cut_off for c in completions]

@@ -45,7 +45,7 @@ from pear_exp.data import COLUMNS, Row, collate, make_row, token_budget_batches
 from pear_exp.errors import DataError
 from pear_exp.files import atomic_dir, done, mark_done
 from pear_exp.policy import TokenLogProbs
-from pear_exp.rollout import RolloutEngine, make_engine
+from pear_exp.rollout import RolloutEngine, grade_finished, make_engine
 from pear_exp.tasks.base import Problem
 from pear_exp.tasks.math import INSTRUCTION
 
@@ -80,20 +80,16 @@ def sample_from_teacher(engine: RolloutEngine, teacher_tok, student_tok, problem
         max_new_tokens=cfg.max_new_tokens, stop_token_ids=models.end_of_turn_ids(student_tok),
         seed=seed, desc="behavior: teacher sampling",
     )
-    texts = [[student_tok.decode(c.token_ids, skip_special_tokens=True) for c in samples]
-             for samples in completions]
-    finished = [(p, t) for p, samples, responses in zip(problems, completions, texts)
-                for c, t in zip(samples, responses) if c.finish_reason == "stop"]
-    scores = iter(task.score_many([p for p, _ in finished], [t for _, t in finished]))
-    rows, correct, truncated = [], 0, 0
-    for problem, ids, samples, responses in zip(problems, prompts, completions, texts):
-        for c, text in zip(samples, responses):
-            reward = next(scores) if c.finish_reason == "stop" else 0.0  # a cut-off answer: 0
-            correct += reward == 1.0
-            truncated += c.finish_reason != "stop"
-            if reward == 1.0 or not cfg.keep_only_correct:
-                rows.append(example(problem.id, problem.prompt, text,
-                                    make_row(ids, c.token_ids, c.logprobs)))
+    flat = [(problem, ids, c) for problem, ids, samples in zip(problems, prompts, completions)
+            for c in samples]
+    texts = [student_tok.decode(c.token_ids, skip_special_tokens=True) for _, _, c in flat]
+    rewards = grade_finished(task.score_many, [p for p, _, _ in flat], [c for _, _, c in flat],
+                             texts, cut_off=0.0)
+    rows = [example(problem.id, problem.prompt, text, make_row(ids, c.token_ids, c.logprobs))
+            for (problem, ids, c), text, reward in zip(flat, texts, rewards)
+            if reward == 1.0 or not cfg.keep_only_correct]
+    correct = sum(reward == 1.0 for reward in rewards)
+    truncated = sum(c.finish_reason != "stop" for _, _, c in flat)
     total = len(problems) * cfg.samples_per_prompt
     stats = {"samples": total, "kept": len(rows), "teacher_accuracy": correct / max(total, 1),
              "truncated_frac": truncated / max(total, 1)}

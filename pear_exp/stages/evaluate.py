@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Callable
-
-from contextlib import closing
 
 from rich.console import Console
 from rich.table import Table
@@ -25,7 +24,7 @@ from pear_exp import models
 from pear_exp.config import Config, EvalConfig
 from pear_exp.metrics import mean_ci95, pass_at_k
 from pear_exp.models import end_of_turn_ids, prompt_ids
-from pear_exp.rollout import Completion, RolloutEngine, make_engine
+from pear_exp.rollout import Completion, RolloutEngine, grade_finished, make_engine
 from pear_exp.tasks.base import Problem
 from pear_exp.tracking import Tracker
 
@@ -34,9 +33,7 @@ def outcomes(task, problems: list[Problem], completions: list[Completion],
              texts: list[str]) -> list[str]:
     """"correct" | "wrong" | "no_answer" | "timeout" | "truncated" for each decoded response
     (one batch through the task's grader: math grades on its worker pool)."""
-    labels = task.classify_many(problems, texts)
-    return ["truncated" if c.finish_reason != "stop" else label
-            for c, label in zip(completions, labels)]
+    return grade_finished(task.classify_many, problems, completions, texts, cut_off="truncated")
 
 
 ANSWERED = ("correct", "wrong")  # outcomes that vote in maj@k

@@ -58,7 +58,7 @@ from pear_exp.errors import RunStopped
 from pear_exp.losses import aggregation_coefficients, group_advantages, grpo_token_loss
 from pear_exp.models import end_of_turn_ids, prompt_ids
 from pear_exp.policy import TokenLogProbs
-from pear_exp.rollout import RolloutEngine
+from pear_exp.rollout import RolloutEngine, grade_finished
 from pear_exp.rollout.sync import fingerprint_mismatch, sync_logprob_diff, trainer_fingerprint
 from pear_exp.tasks.base import Problem
 from pear_exp.train.distributed import World
@@ -91,12 +91,11 @@ def collect(engine: RolloutEngine, tokenizer, problems: list[Problem], task, cfg
                                   top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                                   stop_token_ids=end_of_turn_ids(tokenizer), seed=seed,
                                   desc="rl: rollouts")
-    finished = [(p, tokenizer.decode(c.token_ids, skip_special_tokens=True))
-                for p, group in zip(problems, completions) for c in group
-                if c.finish_reason == "stop"]  # one batch through the task's grader
-    scores = iter(task.score_many([p for p, _ in finished], [text for _, text in finished]))
-    rewards = torch.tensor([[next(scores) if c.finish_reason == "stop" else 0.0 for c in group]
-                            for group in completions])  # (prompts, group_size)
+    flat = [c for group in completions for c in group]
+    texts = [tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in flat]
+    rewards = torch.tensor(grade_finished(
+        task.score_many, [p for p in problems for _ in range(cfg.group_size)], flat, texts,
+        cut_off=0.0)).view(len(problems), cfg.group_size)  # (prompts, group_size)
     advantages = group_advantages(rewards, scale=cfg.scale_rewards)
     rows, kept_advantages = [], []
     for i, (prompt, group) in enumerate(zip(prompts, completions)):
@@ -105,10 +104,9 @@ def collect(engine: RolloutEngine, tokenizer, problems: list[Problem], task, cfg
         for j, c in enumerate(group):
             rows.append(make_row(prompt, c.token_ids, c.logprobs))
             kept_advantages.append(advantages[i, j].item())
-    lengths = [len(c.token_ids) for group in completions for c in group]
+    lengths = [len(c.token_ids) for c in flat]
     samples = [{"prompt": p.prompt, "reward": rewards[i, 0].item(),
-                "response": tokenizer.decode(completions[i][0].token_ids, skip_special_tokens=True)}
-               for i, p in enumerate(problems[:8])]
+                "response": texts[i * cfg.group_size]} for i, p in enumerate(problems[:8])]
     return RolloutBatch(rows, kept_advantages, rewards, lengths, samples)
 
 

@@ -97,6 +97,8 @@ def train_sft(
     if weighting.level.needs_reference:  # the frozen initial model, copied before any step
         reference = reference if reference is not None else copy.deepcopy(model)
         reference = TokenLogProbs(reference.eval().requires_grad_(False), cfg.logprob_chunk_size)
+    iw_per_token = weighting.level == WeightLevel.iw_sft_token
+    iw_clip = tuple(weighting.iw_clip or IW_SFT_CLIPS["token" if iw_per_token else "sequence"])
     model.train()
     device = next(model.parameters()).device
     loop = start_loop(model, cfg, world, total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
@@ -141,11 +143,8 @@ def train_sft(
                 elif weighting.level.needs_reference:  # iw-SFT: against the initial model
                     with torch.no_grad(), autocast_bf16:
                         ref = reference(batch["input_ids"], batch["attention_mask"])[0]
-                    per_token = weighting.level == WeightLevel.iw_sft_token
-                    clip = weighting.iw_clip or IW_SFT_CLIPS["token" if per_token else "sequence"]
-                    weights = iw_sft_weights(logp, ref, mask, per_token=per_token,
-                                             clip=tuple(clip),
-                                             temperature=weighting.iw_temperature)
+                    weights = iw_sft_weights(logp, ref, mask, per_token=iw_per_token,
+                                             clip=iw_clip, temperature=weighting.iw_temperature)
                 else:
                     target = logp.detach() if target is None else target
                     weights = pear_weights(target, batch["behavior_logprobs"], mask,
