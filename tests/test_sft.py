@@ -131,6 +131,43 @@ def test_dft_gradient_is_that_of_its_loss_written_out(tokenizer):
     assert_grads_of_written_loss(tokenizer, rows, grads, dft_loss)
 
 
+def test_training_lowers_the_loss(tokenizer):
+    rows = rows_for(tokenizer, n=16)
+    model = make_tiny_model(tokenizer, seed=1)
+    logged = []
+    cfg = SFTConfig(steps=40, batch_size=8, micro_batch_size=4, lr=3e-3, warmup_steps=4, log_every=1)
+    train_sft(model, rows, cfg, WeightingConfig(level=WeightLevel.block), pad_id=0, seed=0,
+              log=lambda m, step: logged.append(m))
+    assert len(logged) == 40
+    assert logged[-1]["nll"] < 0.5 * logged[0]["nll"]
+    for key in ("weight_mean", "weight_ess", "delta_mean", "grad_norm", "lr", "loss_tokens_per_s"):
+        assert math.isfinite(logged[-1][key])
+
+
+def test_batch_size_must_be_a_multiple_of_micro_batch(tokenizer):
+    cfg = SFTConfig(steps=1, batch_size=8, micro_batch_size=3)
+    with pytest.raises(ValueError, match="multiple"):
+        train_sft(make_tiny_model(tokenizer), rows_for(tokenizer), cfg, WeightingConfig(), pad_id=0, seed=0)
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tokenizer):
+    rows = rows_for(tokenizer)
+    plain, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token)
+    checkpointed, model = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token,
+                                               gradient_checkpointing=True)
+    assert not model.is_gradient_checkpointing  # switched off again after training
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-6, rtol=1e-4)
+
+
+def test_chunked_log_probs_give_the_same_gradient(tokenizer):
+    rows = rows_for(tokenizer)
+    full, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token)
+    chunked, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.token, logprob_chunk_size=7)
+    for name in full:
+        torch.testing.assert_close(chunked[name], full[name], atol=1e-6, rtol=1e-4)
+
+
 @pytest.mark.parametrize("level", [WeightLevel.iw_sft, WeightLevel.iw_sft_token])
 def test_iw_sft_gradient_is_that_of_its_loss_written_out(tokenizer, level):
     """Independent route: at its first step the model is its own frozen reference, so every
