@@ -110,6 +110,14 @@ def check_values(args: list[str]) -> None:
     if cfg.rollout.engine == Engine.hf and vllm_keys:
         raise ConfigKeyError(f"error: {', '.join(vllm_keys)}: vLLM settings, unused with "
                              f"rollout=hf (choose rollout=vllm, or leave them out)")
+    level = cfg.weighting.level
+    unused = [k for k in given if k.startswith("weighting.") and k[10:] != "level"
+              and k[10:] not in level.settings]
+    if unused:
+        raise ConfigKeyError(
+            f"error: {', '.join(unused)}: unused by weighting={level.value}, which reads "
+            + (", ".join(f"weighting.{k}" for k in level.settings) or "no setting")
+            + " (conf/weighting/" + level.value + ".yaml)")
 
 
 # The groups whose options each have their own schema (a subclass of the field's type).

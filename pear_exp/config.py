@@ -34,11 +34,26 @@ class WeightLevel(Enum):
     # initial model, per sequence (its official default) or per token
     iw_sft = "iw_sft"
     iw_sft_token = "iw_sft_token"
+    # ASFT (arXiv 2509.23753): DFT's weights plus a KL anchor to the frozen initial model
+    asft = "asft"
 
     @property
     def needs_reference(self) -> bool:
-        """Weights against the frozen initial model (loaded beside the one being trained)."""
-        return self in (WeightLevel.iw_sft, WeightLevel.iw_sft_token)
+        """Uses the frozen initial model (loaded beside the one being trained)."""
+        return self in (WeightLevel.iw_sft, WeightLevel.iw_sft_token, WeightLevel.asft)
+
+    @property
+    def settings(self) -> tuple[str, ...]:
+        """The weighting.* keys this option reads (a command line that sets another is refused:
+        pear_exp/__main__.py check_values)."""
+        pear = ("delta_clip", "log_weight_clip", "target_temperature", "normalization")
+        return {
+            "none": (), "sequence": pear, "token": pear + ("gamma",),
+            "block": pear + ("gamma", "block_size"), "dft": ("normalization",),
+            "iw_sft": ("iw_clip", "iw_temperature", "normalization"),
+            "iw_sft_token": ("iw_clip", "normalization"),
+            "asft": ("asft_kl_coef", "normalization"),
+        }[self.value]
 
     @property
     def is_pear(self) -> bool:
@@ -77,6 +92,15 @@ class Stage(Enum):
 class BehaviorSource(Enum):
     teacher = "teacher"  # the teacher samples responses; verified-correct ones are kept
     dataset = "dataset"  # an existing prompt/response dataset, scored by the teacher
+
+
+class BaseLoss(Enum):
+    """The per-token SFT loss that the weights multiply (docs/method.md, Base loss)."""
+
+    nll = "nll"  # -log pi_theta(y_t): the data token's negative log-likelihood
+    # KL(pi_b || pi_theta) at every response position, over the behavior policy's stored top-k
+    # tokens plus one bucket for the rest of the vocabulary (needs behavior.top_k > 0)
+    kl = "kl"
 
 
 class Engine(Enum):
@@ -196,6 +220,8 @@ class WeightingConfig:
     # mean log-ratio
     iw_clip: Optional[list[float]] = None
     iw_temperature: float = 1.0
+    # ASFT only (conf/weighting/asft.yaml): the coefficient of its KL(pi_ref || pi_theta) anchor
+    asft_kl_coef: float = 0.1
 
 
 class TaskKind(Enum):
@@ -293,6 +319,10 @@ class BehaviorConfig:
     top_p: float = 1.0
     max_new_tokens: int = 48
     keep_only_correct: bool = True
+    # > 0: also store, for every response token, the behavior policy's top-k token ids and
+    # log-probs (of the distribution that sampled it, or at `temperature` when scoring), which
+    # sft.base_loss=kl distils from; the whole distribution when the vocabulary is smaller.
+    top_k: int = 0
     # Sweep points that differ only in weighting or training settings sample the same data:
     # keep it once under <cache_dir>/behavior and copy it into each run (stages/behavior.py).
     reuse: bool = True
@@ -301,6 +331,7 @@ class BehaviorConfig:
 @dataclass
 class SFTConfig:
     steps: int = 300  # optimizer steps
+    base_loss: BaseLoss = BaseLoss.nll  # what the weights multiply: nll | kl (behavior.top_k > 0)
     batch_size: int = 64  # sequences per optimizer step
     micro_batch_size: int = 64  # sequences per forward/backward; batch_size must be a multiple
     lr: float = 2e-3
@@ -414,6 +445,16 @@ class Config:
     # Print the resolved stages, models, data sizes and a per-GPU memory estimate, then exit
     # without loading weights or creating the run directory (pear_exp/plan.py).
     plan: bool = False
+
+    def __post_init__(self):
+        if self.sft.base_loss == BaseLoss.kl and self.behavior.top_k < 1:
+            raise ConfigValueError(
+                "sft.base_loss=kl distils from the behavior policy's top-k token log-probs, "
+                "which behavior.top_k=0 does not store; set behavior.top_k (e.g. 20)")
+        if self.sft.base_loss == BaseLoss.kl and self.weighting.level == WeightLevel.asft:
+            raise ConfigValueError(
+                "weighting=asft adds its KL anchor to the NLL base loss (as its source), not to "
+                "sft.base_loss=kl; choose sft.base_loss=nll or another weighting")
 
 
 # Top-level keys that may change between invocations on one run directory, and that do not make

@@ -6,6 +6,9 @@ A row is one sequence a trainer learns from:
     behavior_logprobs  log-prob of each response token under the policy that produced it (the
                        behavior policy of that data: the teacher for SFT rows, the rollout engine
                        for RL rows); 0.0 on the prompt
+    behavior_topk_ids, behavior_topk_logprobs  (only with behavior.top_k > 0) one list of k per
+                       *response* token: the behavior policy's k most likely tokens at that
+                       position and their log-probs (sft.base_loss=kl distils from them)
 The behavior stage stores rows with these columns (and problem_id, prompt, response);
 `validate_rows` checks such data before any training step and names the first bad row.
 """
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterator, Sequence, TypedDict
+from typing import Iterator, NotRequired, Sequence, TypedDict
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -26,22 +29,34 @@ class Row(TypedDict):
     input_ids: list[int]
     loss_mask: list[int]
     behavior_logprobs: list[float]
+    behavior_topk_ids: NotRequired[list[list[int]]]
+    behavior_topk_logprobs: NotRequired[list[list[float]]]
 
 
-def make_row(prompt: list[int], response: list[int], logprobs: Sequence[float] = ()) -> Row:
+TOPK_COLUMNS = ("behavior_topk_ids", "behavior_topk_logprobs")
+
+
+def make_row(prompt: list[int], response: list[int], logprobs: Sequence[float] = (),
+             topk: tuple[list[list[int]], list[list[float]]] | None = None) -> Row:
     """A row from a prompt's and a response's token ids; `logprobs`: one per response token
-    (empty: zeros, for data without behavior log-probs, e.g. pretraining or data to be scored)."""
+    (empty: zeros, for data without behavior log-probs, e.g. pretraining or data to be scored);
+    `topk`: (ids, log-probs), one list of k per response token."""
     response_logprobs = [float(x) for x in logprobs] or [0.0] * len(response)
-    return {
+    row: Row = {
         "input_ids": prompt + response,
         "loss_mask": [0] * len(prompt) + [1] * len(response),
         "behavior_logprobs": [0.0] * len(prompt) + response_logprobs,
     }
+    if topk is not None:
+        row["behavior_topk_ids"], row["behavior_topk_logprobs"] = topk
+    return row
 
 
 def collate(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad rows into (batch, seq) tensors: input_ids, attention_mask, loss_mask,
-    behavior_logprobs."""
+    behavior_logprobs; with top-k columns also behavior_topk_ids / behavior_topk_logprobs,
+    (batch, seq, k), each response token's list at its own position (id 0 and log-prob 0
+    elsewhere)."""
 
     def pad(key: str, value, dtype) -> torch.Tensor:
         return pad_sequence([torch.tensor(r[key], dtype=dtype) for r in rows], batch_first=True,
@@ -49,12 +64,21 @@ def collate(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor]:
 
     input_ids = pad("input_ids", pad_id, torch.long)
     lengths = torch.tensor([len(r["input_ids"]) for r in rows])
-    return {
+    batch = {
         "input_ids": input_ids,
         "attention_mask": (torch.arange(input_ids.shape[1]) < lengths[:, None]).long(),
         "loss_mask": pad("loss_mask", 0, torch.float32),
         "behavior_logprobs": pad("behavior_logprobs", 0.0, torch.float32),
     }
+    if TOPK_COLUMNS[0] in rows[0]:
+        k = len(rows[0][TOPK_COLUMNS[0]][0])
+        for key, dtype in zip(TOPK_COLUMNS, (torch.long, torch.float32)):
+            out = torch.zeros(*input_ids.shape, k, dtype=dtype)
+            for b, r in enumerate(rows):
+                out[b, len(r["input_ids"]) - len(r[key]) : len(r["input_ids"])] = torch.tensor(
+                    r[key], dtype=dtype)
+            batch[key] = out
+    return batch
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,
@@ -92,12 +116,18 @@ def token_budget_batches(rows: list[Row], max_rows: int, max_tokens: int) -> Ite
 COLUMNS = ("problem_id", "prompt", "response", "input_ids", "loss_mask", "behavior_logprobs")
 
 
-def validate_rows(data, tokenizer, prompt_ids, max_seq_len: int, name: str) -> None:
+def validate_rows(data, tokenizer, prompt_ids, max_seq_len: int, name: str,
+                  need_topk: bool = False) -> None:
     """Refuse bad behavior data with an error that names the row; changes nothing.
-    `prompt_ids(prompt) -> ids`: the student's chat formatting, which the prompt part must equal."""
+    `prompt_ids(prompt) -> ids`: the student's chat formatting, which the prompt part must equal.
+    need_topk: the data must hold the behavior policy's top-k (sft.base_loss=kl)."""
     missing = [c for c in COLUMNS if c not in data.column_names]
     if missing:
         raise DataError(f"{name}: missing column(s) {missing}; found {data.column_names}")
+    if need_topk and any(c not in data.column_names for c in TOPK_COLUMNS):
+        raise DataError(f"{name}: sft.base_loss=kl needs the behavior policy's top-k token "
+                        f"log-probs ({', '.join(TOPK_COLUMNS)}), which this data does not hold; "
+                        f"sample or score it with behavior.top_k > 0")
     vocab = len(tokenizer)
     prompts: dict[str, list[int]] = {}
     for i, row in enumerate(data):
@@ -131,3 +161,24 @@ def validate_rows(data, tokenizer, prompt_ids, max_seq_len: int, name: str) -> N
         if decoded != row["response"]:
             raise DataError(f"{where}: response token ids decode to {decoded[:60]!r}, not the "
                             f"stored response {row['response'][:60]!r}")
+        if need_topk:
+            check_topk(row, sum(mask), vocab, where)
+
+
+def check_topk(row: dict, responses: int, vocab: int, where: str) -> None:
+    """One list of k ids in the vocabulary and k log-probs <= 0 (or -inf) per response token."""
+    top_ids, top_logp = row[TOPK_COLUMNS[0]], row[TOPK_COLUMNS[1]]
+    if not (len(top_ids) == len(top_logp) == responses):
+        raise DataError(f"{where}: {len(top_ids)} top-k id lists and {len(top_logp)} top-k "
+                        f"log-prob lists for {responses} response tokens; they must be equal")
+    k = len(top_ids[0])
+    for t, (ids, logp) in enumerate(zip(top_ids, top_logp)):
+        if len(ids) != k or len(logp) != k:
+            raise DataError(f"{where}: response token {t} has {len(ids)} top-k ids and "
+                            f"{len(logp)} log-probs; every token needs the same k={k}")
+        if any(not 0 <= i < vocab for i in ids):
+            raise DataError(f"{where}: a top-k id of response token {t} is outside the "
+                            f"student's vocabulary ({vocab})")
+        if any(math.isnan(v) or v > 1e-4 for v in logp) or sum(map(math.exp, logp)) > 1 + 1e-3:
+            raise DataError(f"{where}: the top-k log-probs of response token {t} are not "
+                            f"log-probabilities of one distribution (each <= 0, summing to <= 1)")

@@ -183,3 +183,116 @@ def chunked_token_entropy(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
                              / temperature, dim=-1)
         parts.append(-(logq.exp() * logq).sum(-1))
     return F.pad(torch.cat(parts).view(batch, seq - 1), (1, 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation: per-position KL against another distribution (the KL base loss, ASFT's anchor)
+
+# Teacher mass outside its top-k below this is float rounding of a complete distribution, not a
+# tail: the stored log-probs are float32, so their probabilities sum to 1 within ~1e-7 per token.
+TAIL_FLOOR = 1e-6
+
+
+def topk_kl(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(q || p) per position, with q known only on its top-k tokens.
+
+    logits: (..., vocab), the model p (softmax at temperature 1); topk_ids / topk_logprobs:
+    (..., k), q's k most likely tokens and their log-probs (-inf allowed: a token q cannot emit).
+    The rest of the vocabulary is one bucket on both sides, q_rest = 1 - sum_k q and
+    p_rest = 1 - sum_k p (from a log-sum-exp over the other tokens, so it stays exact when tiny):
+        KL = sum_{v in top-k} q(v) (log q(v) - log p(v)) + q_rest (log q_rest - log p_rest)
+    the exact KL between the two distributions coarsened to k + 1 outcomes: a lower bound of the
+    full KL, equal to it when the top-k hold all of q's mass (k >= vocab). Returns (...) float32
+    with gradient through logits only."""
+    logp = F.log_softmax(logits.float(), dim=-1)                                 # (..., vocab)
+    logq = topk_logprobs.float()
+    q = logq.exp()
+    on = q > 0
+    head = torch.where(on, q * (logq.masked_fill(~on, 0.0) - logp.gather(-1, topk_ids)), 0.0)
+    if topk_ids.shape[-1] >= logp.shape[-1]:  # the whole distribution: no rest (and no
+        return head.sum(-1)                    # log-sum-exp over nothing, whose gradient is nan)
+    q_rest = (1.0 - q.double().sum(-1)).clamp(min=0.0).float()                  # (...)
+    log_p_rest = logp.scatter(-1, topk_ids, float("-inf")).logsumexp(-1)         # (...)
+    has_rest = (q_rest > TAIL_FLOOR) & torch.isfinite(log_p_rest)
+    rest = torch.where(has_rest, q_rest * (q_rest.clamp(min=TAIL_FLOOR).log()
+                                           - log_p_rest.masked_fill(~has_rest, 0.0)), 0.0)
+    return head.sum(-1) + rest
+
+
+def full_kl(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(r || p) per position over the whole vocabulary, both at temperature 1.
+
+    reference_logits, logits: (..., vocab). Returns (...) float32, gradient through logits only
+    (the reference is detached): sum_v r(v) (log r(v) - log p(v))."""
+    logr = F.log_softmax(reference_logits.detach().float(), dim=-1)
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return (logr.exp() * (logr - logp)).sum(-1)
+
+
+def topk_logprobs(logits: torch.Tensor, k: int, temperature: float = 1.0
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most likely tokens of softmax(logits / temperature) (all of them when the vocabulary
+    is smaller) and their log-probs: (..., min(k, vocab)) ids (long) and log-probs (float32),
+    most likely first."""
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    values, ids = logp.topk(min(k, logp.shape[-1]), dim=-1)
+    return ids, values
+
+
+def _chunk_topk_kl(hidden, weight, topk_ids, topk_logprobs):
+    return topk_kl(hidden @ weight.T, topk_ids, topk_logprobs)
+
+
+def _chunk_full_kl(hidden, weight, reference_hidden, reference_weight):
+    with torch.no_grad():
+        reference_logits = reference_hidden @ reference_weight.T
+    return full_kl(reference_logits, hidden @ weight.T)
+
+
+def chunked_kl(hidden: torch.Tensor, lm_head_weight: torch.Tensor, chunk_size: int, *,
+               topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+               reference: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Per-position KL of the model against `topk` (topk_kl) or a `reference` model (full_kl),
+    from the last hidden states, chunk_size positions at a time, each chunk checkpointed as in
+    chunked_token_logprobs (one (chunk, vocab) block alive, recomputed in the backward pass).
+
+    hidden: (batch, seq, hidden); lm_head_weight: (vocab, hidden); topk: (ids, log-probs), each
+    (batch, seq, k), position t holding the distribution that predicts token t; reference:
+    (hidden (batch, seq, hidden'), lm_head_weight (vocab, hidden')) of the reference model.
+    Returns (batch, seq) float32, 0 at position 0, aligned like token_logprobs."""
+    if (topk is None) == (reference is None):
+        raise ValueError("chunked_kl needs exactly one of topk and reference")
+    batch, seq, width = hidden.shape
+    flat = hidden[:, :-1].reshape(-1, width)
+    if topk is not None:
+        fn = _chunk_topk_kl
+        others = [t[:, 1:].reshape(flat.shape[0], -1) for t in topk]
+    else:
+        fn = _chunk_full_kl
+        others = [reference[0][:, :-1].reshape(flat.shape[0], -1), reference[1]]
+    parts = []
+    for start in range(0, flat.shape[0], chunk_size):
+        piece = slice(start, start + chunk_size)
+        args = [flat[piece], lm_head_weight] + (
+            [o[piece] for o in others] if topk is not None else [others[0][piece], others[1]])
+        if torch.is_grad_enabled() and (flat.requires_grad or lm_head_weight.requires_grad):
+            parts.append(torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False))
+        else:
+            parts.append(fn(*args))
+    return F.pad(torch.cat(parts).view(batch, seq - 1), (1, 0))
+
+
+@torch.no_grad()
+def chunked_topk_logprobs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, k: int,
+                          temperature: float = 1.0, chunk_size: int = 1024
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """topk_logprobs of lm_head(hidden) chunk by chunk, aligned like token_logprobs: (batch,
+    seq, k) ids and log-probs, position t holding the distribution that predicts token t
+    (zeros at position 0)."""
+    batch, seq, width = hidden.shape
+    flat = hidden[:, :-1].reshape(-1, width)
+    ids, values = zip(*(topk_logprobs(flat[s : s + chunk_size] @ lm_head_weight.T, k, temperature)
+                        for s in range(0, flat.shape[0], chunk_size)))
+    k = ids[0].shape[-1]
+    pad = lambda t: F.pad(torch.cat(t).view(batch, seq - 1, k), (0, 0, 1, 0))  # noqa: E731
+    return pad(ids), pad(values)

@@ -3,9 +3,24 @@ teacher-forced scoring) computes, in one module that DDP / FSDP wrap."""
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import torch
+import torch.nn.functional as F
 
 from pear_exp import losses
+
+
+class Forward(NamedTuple):
+    """What TokenLogProbs computes; each (batch, seq[, k]) and aligned like losses.token_logprobs
+    (position t: the prediction of token t; position 0 holds zeros)."""
+
+    logprobs: torch.Tensor  # of the input tokens at `temperature`, with gradient
+    target: Optional[torch.Tensor] = None  # the same at `target_temperature`, detached
+    entropy: Optional[torch.Tensor] = None  # of the distribution at `temperature`, detached
+    kl: Optional[torch.Tensor] = None  # KL(other || model) at temperature 1, with gradient
+    topk_ids: Optional[torch.Tensor] = None  # (batch, seq, k) most likely tokens at `temperature`
+    topk_logprobs: Optional[torch.Tensor] = None  # and their log-probs, detached
 
 
 class TokenLogProbs(torch.nn.Module):
@@ -13,10 +28,12 @@ class TokenLogProbs(torch.nn.Module):
     the trainers run, and that DDP / FSDP wrap (the LM head runs inside forward, where their
     hooks see it).
 
-    forward -> (logprobs, target, entropy), each (batch, seq) and aligned like
-    losses.token_logprobs: logprobs at `temperature` with gradient; `target` the detached
-    log-probs at `target_temperature` (None unless asked); `entropy` of the sampling distribution
-    at `temperature`, detached (None unless asked).
+    forward -> Forward: logprobs at `temperature` with gradient; `target` the detached log-probs
+    at `target_temperature` (None unless asked); `entropy` of the sampling distribution at
+    `temperature` (None unless asked); `kl` per position against `kl_topk` (a behavior policy's
+    stored top-k ids and log-probs, each (batch, seq, k): losses.topk_kl) or `kl_reference` (a
+    reference model's (last hidden states, LM-head weight), from `hidden_states`: losses.full_kl);
+    the top `top_k` tokens and log-probs at `temperature` when top_k > 0 (teacher scoring).
     chunk_size > 0: from the last hidden states, chunk_size positions at a time, never holding
     (batch, seq, vocab) logits (large vocabularies); 0: through the model's full logits.
     """
@@ -27,29 +44,57 @@ class TokenLogProbs(torch.nn.Module):
         self.chunk_size = chunk_size
 
     def forward(self, input_ids, attention_mask, temperature: float = 1.0,
-                target_temperature: float | None = None, entropy: bool = False):
-        target = ent = None
+                target_temperature: float | None = None, entropy: bool = False, top_k: int = 0,
+                kl_topk=None, kl_reference=None) -> Forward:
+        out = {}
         if not self.chunk_size:
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             logp = losses.token_logprobs(logits, input_ids, temperature)
+            if kl_topk is not None:
+                out["kl"] = F.pad(losses.topk_kl(logits[:, :-1], *(t[:, 1:] for t in kl_topk)),
+                                  (1, 0))
+            if kl_reference is not None:
+                hidden, weight = kl_reference
+                with torch.no_grad():
+                    reference_logits = hidden[:, :-1] @ weight.T
+                out["kl"] = F.pad(losses.full_kl(reference_logits, logits[:, :-1]), (1, 0))
             with torch.no_grad():
                 if target_temperature is not None:
-                    target = losses.token_logprobs(logits, input_ids, target_temperature)
+                    out["target"] = losses.token_logprobs(logits, input_ids, target_temperature)
                 if entropy:
-                    ent = losses.token_entropy(logits, temperature)
-            return logp, target, ent
+                    out["entropy"] = losses.token_entropy(logits, temperature)
+                if top_k:
+                    ids, values = losses.topk_logprobs(logits[:, :-1], top_k, temperature)
+                    out["topk_ids"], out["topk_logprobs"] = (F.pad(t, (0, 0, 1, 0))
+                                                             for t in (ids, values))
+            return Forward(logp, **out)
         hidden = self.model.base_model(input_ids=input_ids,
                                        attention_mask=attention_mask).last_hidden_state
         weight = self.model.get_output_embeddings().weight
-        logp = losses.chunked_token_logprobs(hidden, weight, input_ids, temperature,
-                                             self.chunk_size)
+        chunk = self.chunk_size
+        logp = losses.chunked_token_logprobs(hidden, weight, input_ids, temperature, chunk)
+        if kl_topk is not None or kl_reference is not None:
+            out["kl"] = losses.chunked_kl(hidden, weight, chunk, topk=kl_topk,
+                                          reference=kl_reference)
         with torch.no_grad():
             if target_temperature is not None:
-                target = losses.chunked_token_logprobs(hidden, weight, input_ids,
-                                                       target_temperature, self.chunk_size)
+                out["target"] = losses.chunked_token_logprobs(hidden, weight, input_ids,
+                                                              target_temperature, chunk)
             if entropy:
-                ent = losses.chunked_token_entropy(hidden, weight, temperature, self.chunk_size)
-        return logp, target, ent
+                out["entropy"] = losses.chunked_token_entropy(hidden, weight, temperature, chunk)
+            if top_k:
+                out["topk_ids"], out["topk_logprobs"] = losses.chunked_topk_logprobs(
+                    hidden, weight, top_k, temperature, chunk)
+        return Forward(logp, **out)
+
+    @torch.no_grad()
+    def hidden_states(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """(last hidden states (batch, seq, hidden), LM-head weight (vocab, hidden)): what a
+        reference model hands to another's forward as `kl_reference`. Not for a wrapped model:
+        DDP / FSDP see only `forward`."""
+        hidden = self.model.base_model(input_ids=input_ids,
+                                       attention_mask=attention_mask).last_hidden_state
+        return hidden, self.model.get_output_embeddings().weight
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:

@@ -104,3 +104,23 @@ def test_max_model_len_is_clamped_to_the_checkpoint(model_dir):
     assert _clamp_max_model_len(model_dir, 4096) == 256
     assert _clamp_max_model_len(model_dir, 128) == 128
     assert _clamp_max_model_len(model_dir, None) is None
+
+
+def test_sampled_topk_match_teacher_forced_topk(engine, model, tokenizer):
+    """vLLM's top-k of each step's processed distribution (temperature 0.7) against the same
+    sampled sequences scored teacher-forced by the hf model at 0.7 (an independent route)."""
+    from pear_exp.policy import TokenLogProbs
+
+    prompts = [prompt_ids(tokenizer, p) for p in PROMPTS]
+    out = engine.generate(prompts, n=2, temperature=0.7, max_new_tokens=8,
+                          stop_token_ids=end_of_turn_ids(tokenizer), seed=3, top_k=5)
+    scorer = TokenLogProbs(model)
+    for prompt, samples in zip(prompts, out):
+        for c in samples:
+            ids = torch.tensor([prompt + c.token_ids])
+            scored = scorer(ids, torch.ones_like(ids), temperature=0.7, top_k=5)
+            n = len(c.token_ids)
+            assert [len(t) for t in c.top_ids] == [5] * n
+            torch.testing.assert_close(torch.tensor(c.top_logprobs),
+                                       scored.topk_logprobs[0, -n:], atol=ATOL, rtol=ATOL)
+            assert c.top_ids == scored.topk_ids[0, -n:].tolist()

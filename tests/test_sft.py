@@ -94,13 +94,14 @@ def test_one_batch_of_8_equals_8_micro_batches_of_1(tokenizer, level, normalizat
         torch.testing.assert_close(split[name], full[name], atol=1e-6, rtol=1e-4)
 
 
-def assert_grads_of_written_loss(tokenizer, rows, grads, loss_of):
-    """The trainer's gradient `grads` equals autograd of `loss_of(logp, batch)` on one padded
-    batch through the same initial model."""
+def assert_grads_of_written_loss(tokenizer, rows, grads, loss_of, with_logits=False):
+    """The trainer's gradient `grads` equals autograd of `loss_of(logp, batch)` (with_logits:
+    `loss_of(logp, batch, logits)`) on one padded batch through the same initial model."""
     model = make_tiny_model(tokenizer, seed=3).train()
     batch = collate(rows, tokenizer.pad_token_id)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    loss_of(token_logprobs(logits, batch["input_ids"]), batch).backward()
+    logp = token_logprobs(logits, batch["input_ids"])
+    (loss_of(logp, batch, logits) if with_logits else loss_of(logp, batch)).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4)
 

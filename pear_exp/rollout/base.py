@@ -4,7 +4,7 @@ log-probs, take new weights, free its memory."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence, TypeVar
+from typing import Callable, Optional, Protocol, Sequence, TypeVar
 
 Grade = TypeVar("Grade")
 
@@ -14,13 +14,18 @@ class Completion:
     token_ids: list[int]  # sampled tokens, including the stop token when one was produced
     logprobs: list[float]  # log-prob of each sampled token under the sampling distribution
     finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens reached)
+    # generate(top_k=k > 0): per sampled token, the sampling distribution's k most likely tokens
+    # (most likely first; all of them when the vocabulary is smaller) and their log-probs
+    top_ids: Optional[list[list[int]]] = None
+    top_logprobs: Optional[list[list[float]]] = None
 
 
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[list[int]], *, n: int, temperature: float, top_p: float,
                  max_new_tokens: int, stop_token_ids: list[int], seed: int = 0,
-                 desc: str = "generate") -> list[list[Completion]]:
-        """completions[prompt_index][sample_index]; temperature 0 means greedy."""
+                 desc: str = "generate", top_k: int = 0) -> list[list[Completion]]:
+        """completions[prompt_index][sample_index]; temperature 0 means greedy; top_k > 0 also
+        records each step's top-k (Completion.top_ids / top_logprobs)."""
         ...
 
     def sync_weights(self, model) -> None:

@@ -28,8 +28,10 @@ class SampledLogProbs(LogitsProcessor):
     (the last column of input_ids) under that step's processed scores, then keeps only the current
     step's scores. The final token's is gathered by `finish` once generate returns."""
 
-    def __init__(self):
+    def __init__(self, top_k: int = 0):
         self.logprobs: list[torch.Tensor] = []  # (batch,) per step
+        self.top_k = top_k  # > 0: also each step's top-k ids and log-probs, (batch, k) per step
+        self.top: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.last: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -39,14 +41,19 @@ class SampledLogProbs(LogitsProcessor):
         return scores
 
     def _gather(self, tokens: torch.Tensor) -> None:
-        logp = F.log_softmax(self.last.float(), -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        self.logprobs.append(logp.cpu())
+        logq = F.log_softmax(self.last.float(), -1)
+        self.logprobs.append(logq.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).cpu())
+        if self.top_k:
+            values, ids = logq.topk(min(self.top_k, logq.shape[-1]), dim=-1)
+            self.top.append((ids.cpu(), values.cpu()))
 
-    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
-        """(batch, steps) log-probs, given the tokens sampled at the last step."""
+    def finish(self, last_tokens: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+        """(batch, steps) log-probs, given the tokens sampled at the last step; with top_k also
+        ((batch, steps, k) ids, (batch, steps, k) log-probs), else None."""
         self._gather(last_tokens)
         self.last = None
-        return torch.stack(self.logprobs, dim=1)
+        top = (tuple(torch.stack(t, dim=1) for t in zip(*self.top)) if self.top_k else None)
+        return torch.stack(self.logprobs, dim=1), top
 
 
 class HFEngine:
@@ -73,8 +80,10 @@ class HFEngine:
         stop_token_ids: list[int],
         seed: int = 0,
         desc: str = "generate",
+        top_k: int = 0,
     ) -> list[list[Completion]]:
-        """n completions for each prompt (token ids); temperature 0 means greedy.
+        """n completions for each prompt (token ids); temperature 0 means greedy; top_k > 0 also
+        records the top-k of each step's processed distribution (Completion.top_ids).
 
         Returns completions[prompt_index][sample_index].
         """
@@ -112,13 +121,13 @@ class HFEngine:
                 pad = self.tokenizer.pad_token_id
                 ids = torch.tensor([[pad] * (width - len(flat[i])) + flat[i] for i in idx])
                 attn = torch.tensor([[0] * (width - len(flat[i])) + [1] * len(flat[i]) for i in idx])
-                recorder = SampledLogProbs()
+                recorder = SampledLogProbs(top_k)
                 out = self.model.generate(
                     input_ids=ids.to(device), attention_mask=attn.to(device),
                     generation_config=gen_cfg,
                     logits_processor=LogitsProcessorList([*warpers, recorder]),
                 )
-                logp = recorder.finish(out[:, -1])  # (batch, steps)
+                logp, top = recorder.finish(out[:, -1])  # (batch, steps), top-k or None
                 new = out[:, width:].cpu()
                 for row, i in enumerate(idx):
                     toks = new[row].tolist()
@@ -126,6 +135,9 @@ class HFEngine:
                     reason = "stop" if end is not None else "length"
                     end = end if end is not None else len(toks)
                     results[i] = Completion(toks[:end], logp[row, :end].tolist(), reason)
+                    if top is not None:
+                        results[i].top_ids = top[0][row, :end].tolist()
+                        results[i].top_logprobs = top[1][row, :end].tolist()
         finally:
             torch.random.set_rng_state(generator_state)
             self.model.generation_config = checkpoint_defaults

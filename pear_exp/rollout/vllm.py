@@ -155,6 +155,7 @@ class VLLMEngine:
         kv_cache_memory_bytes: int | None = None,  # None: 1 GiB on CPU, utilization on GPU
         seed: int = 0,
         enforce_eager: bool | None = None,  # None: on CPU only (CUDA graphs on the GPU)
+        max_logprobs: int = 0,  # the largest generate(top_k=...) this engine will serve
     ):
         # In-process engine (module docstring), except inside a multi-process training job:
         # vLLM would join the trainers' process group, so its engine core runs in a process of
@@ -200,6 +201,7 @@ class VLLMEngine:
                 enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
                 logprobs_mode="processed_logprobs",  # after temperature / top-p, as sampled
                 generation_config="vllm",  # ignore the checkpoint's sampling defaults (top_k...)
+                max_logprobs=max(max_logprobs, 20),  # 20: vLLM's default
                 **extra,
             )
         finally:
@@ -283,8 +285,11 @@ class VLLMEngine:
         stop_token_ids: list[int],
         seed: int = 0,
         desc: str = "generate",
+        top_k: int = 0,
     ) -> list[list[Completion]]:
-        """n completions for each prompt (token ids); temperature 0 means greedy.
+        """n completions for each prompt (token ids); temperature 0 means greedy; top_k > 0 also
+        records the top-k of each step's processed distribution (Completion.top_ids; the engine
+        must have been built with max_logprobs >= top_k).
 
         Returns completions[prompt_index][sample_index]. Sampling is reproducible for a seed:
         prompt i's sample k draws from the random stream _stream_seed(seed, i) + k.
@@ -295,6 +300,7 @@ class VLLMEngine:
         if not prompts:
             return []
         greedy = temperature <= 0
+        top_k = min(top_k, self.llm.llm_engine.model_config.get_vocab_size())
         params = [
             SamplingParams(
                 n=n,
@@ -304,7 +310,7 @@ class VLLMEngine:
                 max_tokens=max_new_tokens,
                 stop_token_ids=list(stop_token_ids),
                 ignore_eos=True,  # stop on stop_token_ids only, as HFEngine
-                logprobs=0,  # just the sampled token's log-prob
+                logprobs=top_k,  # the sampled token's log-prob, and the top-k when asked
                 seed=None if greedy else _stream_seed(seed, i),  # vLLM adds k for sample k
                 detokenize=False,
             )
@@ -327,5 +333,10 @@ class VLLMEngine:
                 ids = list(c.token_ids)
                 logprobs = [step[t].logprob for step, t in zip(c.logprobs, ids)]
                 samples.append(Completion(ids, logprobs, c.finish_reason))
+                if top_k:  # each step's dict holds the top-k by rank, plus the sampled token
+                    tops = [sorted((e.rank, t, e.logprob) for t, e in step.items()
+                                   if e.rank <= top_k) for step in c.logprobs]
+                    samples[-1].top_ids = [[t for _, t, _ in top] for top in tops]
+                    samples[-1].top_logprobs = [[v for _, _, v in top] for top in tops]
             results.append(samples)
         return results

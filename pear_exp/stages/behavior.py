@@ -18,7 +18,10 @@ template and the teacher must share the student's tokenizer (a mismatch is an er
 silently realigned). The artifact, <run_dir>/behavior/, is a datasets dataset with one row per
 example (problem_id, prompt, response and pear_exp.data.Row's input_ids, loss_mask,
 behavior_logprobs = b_t on loss tokens) and meta.json beside it (teacher, source, temperature,
-top_p, counts). With behavior.reuse a sweep's runs that would sample the same data share one copy
+top_p, top_k, counts). With behavior.top_k = k > 0 each row also holds, for every response token,
+the k most likely tokens of the same distribution b_t comes from (the processed sampling
+distribution, or the teacher at behavior.temperature when scoring) and their log-probs:
+behavior_topk_ids / behavior_topk_logprobs, what sft.base_loss=kl distils from. With behavior.reuse a sweep's runs that would sample the same data share one copy
 under <cache_dir>/behavior (`shared_dir`): a weighting sweep samples its teacher once per seed.
 """
 
@@ -78,14 +81,16 @@ def sample_from_teacher(engine: RolloutEngine, teacher_tok, student_tok, problem
     completions = engine.generate(
         prompts, n=cfg.samples_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens, stop_token_ids=models.end_of_turn_ids(student_tok),
-        seed=seed, desc="behavior: teacher sampling",
+        seed=seed, desc="behavior: teacher sampling", top_k=cfg.top_k,
     )
     flat = [(problem, ids, c) for problem, ids, samples in zip(problems, prompts, completions)
             for c in samples]
     texts = [student_tok.decode(c.token_ids, skip_special_tokens=True) for _, _, c in flat]
     rewards = grade_finished(task.score_many, [p for p, _, _ in flat], [c for _, _, c in flat],
                              texts, cut_off=0.0)
-    rows = [example(problem.id, problem.prompt, text, make_row(ids, c.token_ids, c.logprobs))
+    rows = [example(problem.id, problem.prompt, text,
+                    make_row(ids, c.token_ids, c.logprobs,
+                             (c.top_ids, c.top_logprobs) if cfg.top_k else None))
             for (problem, ids, c), text, reward in zip(flat, texts, rewards)
             if reward == 1.0 or not cfg.keep_only_correct]
     correct = sum(reward == 1.0 for reward in rewards)
@@ -152,14 +157,18 @@ def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorC
     batches = list(token_budget_batches(rows, batch_size, max_tokens))
     for chunk in tqdm(batches, desc="behavior: teacher scoring", leave=False):
         batch = collate(chunk, student_tok.pad_token_id)
-        logp, _, _ = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                            temperature=cfg.temperature)
-        logp = logp.cpu()
+        out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                     temperature=cfg.temperature, top_k=cfg.top_k)
+        logp = out.logprobs.cpu()
         for k, row in enumerate(chunk):
             n = len(row["input_ids"])
             row["behavior_logprobs"] = [
                 float(v) if m else 0.0 for v, m in zip(logp[k, :n].tolist(), row["loss_mask"])
             ]
+            if cfg.top_k:  # the response tokens' positions (make_row: prompt, then response)
+                start = row["loss_mask"].index(1)
+                row["behavior_topk_ids"] = out.topk_ids[k, start:n].tolist()
+                row["behavior_topk_logprobs"] = out.topk_logprobs[k, start:n].tolist()
     return rows, {"samples": len(data), "kept": len(rows), "eval_removed": removed}
 
 
@@ -177,7 +186,7 @@ def finish(rows: list[dict], stats: dict, cfg: BehaviorConfig, teacher_name: str
         raise DataError(f"the behavior stage kept no examples ({stats}); a stronger teacher, "
                         f"more samples_per_prompt or keep_only_correct=false would help")
     meta = {"teacher": teacher_name, "source": cfg.source.value, "dataset": cfg.dataset,
-            "temperature": cfg.temperature, "top_p": cfg.top_p, **stats}
+            "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k, **stats}
     return save(rows, meta, out_dir), meta
 
 
@@ -224,7 +233,7 @@ def make_data(cfg: Config, out: Path, train_problems, eval_problems, task) -> No
         if cfg.rollout.engine == Engine.hf:
             teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
         with closing(make_engine(cfg.rollout, teacher_path, teacher_tok, model=teacher,
-                                 policy=False, seed=cfg.seed)) as engine:
+                                 policy=False, seed=cfg.seed, max_logprobs=b.top_k)) as engine:
             rows, stats = sample_from_teacher(engine, teacher_tok, student_tok, train_problems,
                                               task, b, system, cfg.seed)
     else:

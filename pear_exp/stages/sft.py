@@ -8,8 +8,8 @@ from pathlib import Path
 from datasets import load_from_disk
 
 from pear_exp import models, tiny
-from pear_exp.config import Config
-from pear_exp.data import validate_rows
+from pear_exp.config import BaseLoss, Config
+from pear_exp.data import TOPK_COLUMNS, validate_rows
 from pear_exp.tracking import Tracker
 from pear_exp.train.checkpoint import save_model
 from pear_exp.train.distributed import World
@@ -21,9 +21,11 @@ def run(cfg: Config, out: Path, behavior_dir: Path, tracker: Tracker, world: Wor
     model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
     tokenizer = models.load_tokenizer(path, cfg.model)
     data = load_from_disk(str(behavior_dir / "data"))
+    distill = cfg.sft.base_loss == BaseLoss.kl
     validate_rows(data, tokenizer, lambda p: models.prompt_ids(tokenizer, p, cfg.task.system_prompt),
-                  cfg.sft.max_seq_len, name=str(behavior_dir / "data"))
-    rows = data.select_columns(["input_ids", "loss_mask", "behavior_logprobs"]).to_list()
+                  cfg.sft.max_seq_len, name=str(behavior_dir / "data"), need_topk=distill)
+    rows = data.select_columns(["input_ids", "loss_mask", "behavior_logprobs"]
+                               + (list(TOPK_COLUMNS) if distill else [])).to_list()
     train_sft(model, rows, cfg.sft, cfg.weighting, pad_id=tokenizer.pad_token_id, seed=cfg.seed,
               log=lambda m, step: tracker.log("sft", m, step),
               checkpoint_dir=out / "checkpoints", world=world)

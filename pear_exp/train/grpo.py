@@ -292,8 +292,9 @@ def update(loop: Loop, reference, batch: RolloutBatch, cfg: RLConfig, device, pa
             dev = {key: v.to(device) if torch.is_tensor(v) else v for key, v in mb.items()}
             with world.gradient_sync(policy, k == len(micro) - 1):
                 with autocast_bf16:
-                    logp, _, entropy = policy(dev["input_ids"], dev["attention_mask"],
-                                              cfg.temperature, entropy=True)
+                    out = policy(dev["input_ids"], dev["attention_mask"], cfg.temperature,
+                                 entropy=True)
+                logp, entropy = out.logprobs, out.entropy
                 old = dev["old"] if "old" in dev else logp.detach()
                 loss_tok, stats = grpo_token_loss(
                     logp, old, dev["advantages"], mask=dev["loss_mask"],

@@ -6,7 +6,10 @@ Algorithm, per optimizer step (docs/method.md, Normalisation):
         q_t = log pi_theta at the target temperature, detached (== p_t.detach() at temperature 1)
         W   = pear_weights(q, b, loss_mask, level, ...)       (detached, 0 off the loss mask;
               weighting=none: the loss mask; dft: exp(p_t) detached, dft_weights)
-        backward of sum_t W_t * (-p_t)
+        l_t = -p_t                                           (sft.base_loss=nll)
+            = KL(pi_b || pi_theta) at t over pi_b's stored top-k plus one bucket for the rest
+              (sft.base_loss=kl, losses.topk_kl: pi_b as stored, pi_theta at temperature 1)
+        backward of sum_t W_t * l_t   (asft: + asft_kl_coef * sum_t KL(pi_ref || pi_theta)_t)
     divide every gradient by N, N = loss tokens in the whole step (or sum W: self-normalised),
     clip the gradient norm, AdamW step, learning-rate schedule step.
 Dividing the accumulated gradient by N once, after all micro-batches, makes the objective exactly
@@ -22,6 +25,9 @@ copy is of the model as given, the checkpoint is loaded after it), pear_exp.weig
 Weighting `dft` is DFT (arXiv 2508.05629): W_t = pi_theta(y_t | x, y_<t) at temperature 1,
 detached, as its official trainer computes it; with normalization=tokens the loss is its
 sum_t sg(p_t) nll_t / (loss tokens).
+Weighting `asft` is ASFT (arXiv 2509.23753): DFT's weights on the NLL plus asft_kl_coef times the
+full-vocabulary KL(pi_ref || pi_theta) to the frozen initial model on every loss token, as its
+official trainer (both at temperature 1; the anchor is unweighted and shares the normaliser N).
 """
 
 from __future__ import annotations
@@ -36,8 +42,8 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from pear_exp.config import Normalization, SFTConfig, WeightingConfig, WeightLevel
-from pear_exp.data import Row, collate, length_grouped_batches
+from pear_exp.config import BaseLoss, Normalization, SFTConfig, WeightingConfig, WeightLevel
+from pear_exp.data import TOPK_COLUMNS, Row, collate, length_grouped_batches
 from pear_exp.losses import weighted_nll_sum
 from pear_exp.policy import TokenLogProbs
 from pear_exp.train.distributed import World
@@ -93,6 +99,13 @@ def train_sft(
         )
     if len(rows) < cfg.batch_size:
         raise ValueError(f"{len(rows)} training rows is fewer than sft.batch_size={cfg.batch_size}")
+    distill = cfg.base_loss == BaseLoss.kl
+    if distill and weighting.level == WeightLevel.asft:
+        raise ValueError("weighting=asft adds its KL anchor to the NLL base loss (as its source); "
+                         "it does not combine with sft.base_loss=kl")
+    if distill and TOPK_COLUMNS[0] not in rows[0]:
+        raise ValueError("sft.base_loss=kl needs rows with the behavior policy's top-k "
+                         f"({', '.join(TOPK_COLUMNS)}): sample them with behavior.top_k > 0")
     torch.manual_seed(seed)
     if weighting.level.needs_reference:  # the frozen initial model, copied before any step
         reference = reference if reference is not None else copy.deepcopy(model)
@@ -121,7 +134,8 @@ def train_sft(
     for step in bar:
         started = time.perf_counter()
         index = world.shard(next(batches))  # every rank draws the same batch, keeps its share
-        totals = {"num": 0.0, "nll": 0.0, "tokens": 0.0, "weight": 0.0, "slots": 0, "real": 0}
+        totals = {"num": 0.0, "nll": 0.0, "kl": 0.0, "anchor_kl": 0.0, "tokens": 0.0,
+                  "weight": 0.0, "slots": 0, "real": 0}
         stats_parts = []
         logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
         starts = range(0, len(index), cfg.micro_batch_size)
@@ -132,13 +146,21 @@ def train_sft(
             totals["real"] += int(batch["attention_mask"].sum())
             # gradients are reduced over the ranks once, in the step's last backward
             with world.gradient_sync(policy, start == starts[-1]):
+                anchor = None  # ASFT: the frozen initial model's hidden states and LM head
+                if weighting.level == WeightLevel.asft:
+                    with torch.no_grad(), autocast_bf16:
+                        anchor = reference.hidden_states(batch["input_ids"],
+                                                         batch["attention_mask"])
                 with autocast_bf16:
-                    logp, target, _ = policy(batch["input_ids"], batch["attention_mask"],
-                                             target_temperature=target_temperature)  # (b, seq)
+                    out = policy(batch["input_ids"], batch["attention_mask"],
+                                 target_temperature=target_temperature,
+                                 kl_topk=tuple(batch[c] for c in TOPK_COLUMNS) if distill
+                                 else None, kl_reference=anchor)  # each (batch, seq)
+                logp, target = out.logprobs, out.target
                 mask = batch["loss_mask"]
                 if weighting.level == WeightLevel.none:
                     weights = mask
-                elif weighting.level == WeightLevel.dft:  # the model's own probability, T = 1
+                elif weighting.level in (WeightLevel.dft, WeightLevel.asft):  # p_theta(y_t), T = 1
                     weights = dft_weights(logp, mask)
                 elif weighting.level.needs_reference:  # iw-SFT: against the initial model
                     with torch.no_grad(), autocast_bf16:
@@ -151,10 +173,17 @@ def train_sft(
                                            **weighting_kwargs(weighting))  # (batch, seq)
                     if logging_step:
                         stats_parts.append((target, batch["behavior_logprobs"], mask))
-                numerator = weighted_nll_sum(logp, weights)
+                # the base loss per token: -log p(y_t), or KL(behavior top-k || model)
+                numerator = (weights * out.kl).sum() if distill else weighted_nll_sum(logp, weights)
+                if anchor is not None:  # ASFT: + coef * KL(pi_ref || pi_theta) on every loss token
+                    anchor_kl = (mask * out.kl).sum()
+                    numerator = numerator + weighting.asft_kl_coef * anchor_kl
+                    totals["anchor_kl"] += anchor_kl.item()
                 numerator.backward()
             totals["num"] += numerator.item()
             totals["nll"] += -(logp.detach() * mask).sum().item()
+            if distill:
+                totals["kl"] += (out.kl.detach() * mask).sum().item()
             totals["tokens"] += mask.sum().item()
             totals["weight"] += weights.sum().item()
         totals = dict(zip(totals, world.sum(list(totals.values()))))  # over all ranks
@@ -179,6 +208,9 @@ def train_sft(
                 "loss_tokens_per_s": window["tokens"] / max(window["seconds"], 1e-9),
                 "pad_frac": 1 - totals["real"] / totals["slots"],  # compute spent on padding
             }
+            for key in ("kl", "anchor_kl"):  # per loss token: the KL base loss, ASFT's anchor
+                if totals[key]:
+                    metrics[key] = totals[key] / max(totals["tokens"], 1)
             if stats_parts:  # PEAR diagnostics over this rank's share of the step
                 metrics.update(weight_stats_over(stats_parts, weighting))
                 problem = None if warned else weight_health(metrics, weighting)
