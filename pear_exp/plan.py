@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pear_exp.config import (
-    ArchitectureConfig, BehaviorSource, Config, Engine, ModelConfig, Precision, Stage, TaskKind,
-    WeightingConfig,
+    ArchitectureConfig, BaseLoss, BehaviorSource, Config, Engine, ModelConfig, Precision, Stage, TaskKind,
+    WeightingConfig, WeightLevel,
 )
 from pear_exp.memory import (
     DTYPE_BYTES, GiB, activation_bytes, architecture_of, count_parameters, dtype_bytes,
@@ -157,8 +157,11 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
         rows.append(Row(stage, "total", values, note))
 
     def trainer_rows(stage: str, micro: int, seq_len: int, checkpointing: bool, chunk: int,
-                     reference: bool, precision_bf16: bool) -> tuple[list[int], list[int]]:
-        """Rows of one training stage; returns (resident state, peak during an update)."""
+                     reference: str | None, precision_bf16: bool, kl_blocks: int = 0,
+                     kl_note: str = "") -> tuple[list[int], list[int]]:
+        """Rows of one training stage; returns (resident state, peak during an update).
+        reference: why a frozen reference model is held (None: none is); kl_blocks: the extra
+        (positions, vocab) float32 blocks a KL term keeps beside the log-probs."""
         arch, b = student.arch, dtype_bytes(cfg.model.dtype)
         resident, totals = [0] * len(worlds), [0] * len(worlds)
         if arch is None or student.params is None:
@@ -181,13 +184,17 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
         lp = logprob_bytes(tokens, arch.vocab_size, chunk)
         terms.append(("log-probs", [lp] * len(worlds),
                       f"chunks of {chunk}" if chunk else "full logits"))
-        if reference:
+        if kl_blocks:
+            terms.append(("KL terms", [kl_blocks * lp] * len(worlds), kl_note))
+        if reference == "rl.kl_coef > 0":  # sharded like the policy under FSDP
             terms.append(("reference model", [student.params * b // (w if fsdp else 1)
-                                              for w in worlds], "rl.kl_coef > 0"))
+                                              for w in worlds], reference))
+        elif reference:  # SFT's frozen copy of the initial model: whole on every rank
+            terms.append(("reference model", [student.params * b] * len(worlds), reference))
         for term, values, note in terms:
             rows.append(Row(stage, term, values, note))
             totals = [t + v for t, v in zip(totals, values)]
-            if term not in ("activations", "log-probs"):  # freed between updates
+            if term not in ("activations", "log-probs", "KL terms"):  # freed between updates
                 resident = [t + v for t, v in zip(resident, values)]
         return resident, totals
 
@@ -213,16 +220,23 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
             rows.append(Row("behavior", "total", [weights + forward + lp] * len(worlds)))
     if Stage.sft in stages:
         s = cfg.sft
-        _, totals = trainer_rows("sft", s.micro_batch_size, s.max_seq_len,
-                                 s.gradient_checkpointing, s.logprob_chunk_size, reference=False,
-                                 precision_bf16=s.precision == Precision.bf16)
+        level = cfg.weighting.level
+        # the KL base loss keeps the model's log-softmax and its rest-of-vocabulary copy; ASFT's
+        # anchor the model's and the reference's log-softmax and the reference's probabilities
+        kl_blocks = 3 if level == WeightLevel.asft else 2 if s.base_loss == BaseLoss.kl else 0
+        _, totals = trainer_rows(
+            "sft", s.micro_batch_size, s.max_seq_len, s.gradient_checkpointing,
+            s.logprob_chunk_size,
+            reference=f"weighting={level.value}: the initial model" if level.needs_reference
+            else None, precision_bf16=s.precision == Precision.bf16, kl_blocks=kl_blocks,
+            kl_note="ASFT's anchor" if level == WeightLevel.asft else "sft.base_loss=kl")
         rows.append(Row("sft", "total", totals))
     if Stage.rl in stages:
         rl = cfg.rl
         resident, update = trainer_rows("rl", rl.micro_batch_size,
                                         prompt_budget(cfg) + rl.max_new_tokens,
                                         rl.gradient_checkpointing, rl.logprob_chunk_size,
-                                        reference=rl.kl_coef > 0,
+                                        reference="rl.kl_coef > 0" if rl.kl_coef > 0 else None,
                                         precision_bf16=rl.precision == Precision.bf16)
         if fsdp and student.params is not None:
             # rank 0 keeps an unsharded copy of the policy that feeds the engine and the probe

@@ -85,6 +85,52 @@ def test_scoring_an_existing_dataset_is_teacher_forced(model, tokenizer, tmp_pat
     validate_rows(Dataset.from_list(rows), tokenizer, chat(tokenizer), 256, "scored")
 
 
+def test_scoring_stores_the_teachers_topk_at_the_scoring_temperature(model, tokenizer, tmp_path):
+    """Independent route: the top-k of the teacher's full log-softmax at 1.5, per response
+    token, from a plain forward pass."""
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"Make {i} from 1 2 3", "response": "1+2=3"})
+                              for i in range(3)))
+    cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(path), temperature=1.5,
+                         top_k=3)
+    rows, _ = behavior.score_dataset(model, tokenizer, tokenizer, str(path), cfg, 2, None,
+                                     eval_problems=[])
+    for row in rows:
+        ids = torch.tensor([row["input_ids"]])
+        with torch.no_grad():
+            logq = torch.log_softmax(model(ids).logits[0, :-1] / 1.5, -1)  # predicts 1..n-1
+        start = row["loss_mask"].index(1)
+        values, top = logq[start - 1 :].topk(3, -1)
+        assert row["behavior_topk_ids"] == top.tolist()
+        torch.testing.assert_close(torch.tensor(row["behavior_topk_logprobs"]), values,
+                                   atol=1e-5, rtol=1e-5)
+    validate_rows(Dataset.from_list(rows), tokenizer, chat(tokenizer), 256, "scored",
+                  need_topk=True)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda r: r["behavior_topk_ids"].pop(), "3 top-k id lists .* 4 response tokens"),
+    (lambda r: r["behavior_topk_ids"][0].append(1), "has 3 top-k ids and 2 log-probs"),
+    (lambda r: r["behavior_topk_ids"][1].__setitem__(0, 10_000), "outside the student's"),
+    (lambda r: r["behavior_topk_logprobs"][2].__setitem__(0, -0.01), "not log-probabilities"),
+])
+def test_bad_topk_rows_are_refused_naming_the_row(tokenizer, corrupt, message):
+    rows = []
+    for i in range(2):
+        p = prompt_ids(tokenizer, f"Make {i} from 1 2 3")
+        r = response_ids(tokenizer, "1+2")  # 4 tokens with the end of turn
+        top = ([[5, 6]] * len(r), [[-0.5, -1.5]] * len(r))
+        rows.append(example(f"p{i}", f"Make {i} from 1 2 3", "1+2", make_row(p, r, [-0.5] * len(r), top)))
+    rows = json.loads(json.dumps(rows))  # no shared inner lists
+    validate_rows(Dataset.from_list(rows), tokenizer, chat(tokenizer), 256, "d", need_topk=True)
+    corrupt(rows[1])
+    with pytest.raises(DataError, match=rf"d: row 1 \(problem p1\): .*{message}"):
+        validate_rows(Dataset.from_list(rows), tokenizer, chat(tokenizer), 256, "d", need_topk=True)
+    plain = Dataset.from_list(good_rows(tokenizer))
+    with pytest.raises(DataError, match="sft.base_loss=kl needs .* behavior.top_k > 0"):
+        validate_rows(plain, tokenizer, chat(tokenizer), 256, "d", need_topk=True)
+
+
 def test_scoring_refuses_missing_columns_and_top_p(model, tokenizer, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"question": "x", "response": "y"}))

@@ -52,7 +52,7 @@ def test_misspelt_group_option_lists_the_valid_ones():
 def test_bad_enum_value_lists_the_valid_ones():
     with pytest.raises(ConfigCompositionException) as err:
         composed(["weighting.level=blok"])
-    assert ("expected one of [none, token, block, sequence, dft, iw_sft, iw_sft_token]"
+    assert ("expected one of [none, token, block, sequence, dft, iw_sft, iw_sft_token, asft]"
             in str(err.value.__cause__))
 
 
@@ -176,6 +176,23 @@ def test_a_key_no_task_kind_has_lists_each_kinds_keys():
 def test_vllm_settings_on_the_command_line_are_refused_with_the_hf_engine(tmp_path):
     stderr = refused(tmp_path, "rollout=hf", "rollout.gpu_memory_utilization=0.3")
     assert "rollout.gpu_memory_utilization: vLLM settings, unused with rollout=hf" in stderr
+
+
+def test_weighting_settings_an_option_does_not_read_are_refused(tmp_path):
+    stderr = refused(tmp_path, "weighting=dft", "weighting.gamma=0.9")
+    assert ("weighting.gamma: unused by weighting=dft, which reads weighting.normalization "
+            "(conf/weighting/dft.yaml)") in stderr
+    # every option's own file sets only keys the option reads
+    for path in (CONF_DIR / "weighting").glob("*.yaml"):
+        w = OmegaConf.to_object(composed([f"weighting={path.stem}"])).weighting
+        own = {k for k in OmegaConf.load(path) if k != "level"}
+        assert own <= set(w.level.settings), path.name
+
+
+def test_the_kl_base_loss_needs_topk_and_refuses_asft(tmp_path):
+    assert "set behavior.top_k" in refused(tmp_path, "sft.base_loss=kl")
+    assert "not to sft.base_loss=kl" in refused(tmp_path, "sft.base_loss=kl", "behavior.top_k=5",
+                                               "weighting=asft")
 
 
 def test_gpu_presets_share_a_base_and_switch_engines():

@@ -8,7 +8,7 @@ import torch
 
 from pear_exp.config import BaseLoss, SFTConfig, WeightingConfig, WeightLevel
 from pear_exp.data import TOPK_COLUMNS, collate, make_row
-from pear_exp.losses import chunked_kl, chunked_topk_logprobs, full_kl, token_logprobs, topk_kl, topk_logprobs
+from pear_exp.losses import chunked_topk_logprobs, full_kl, token_logprobs, topk_kl, topk_logprobs
 from pear_exp.models import prompt_ids
 from pear_exp.policy import TokenLogProbs
 from pear_exp.rollout.hf import HFEngine

@@ -59,6 +59,19 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     assert reused.to_dict() == data.to_dict()
     assert len(list((tmp_path / "cache" / "behavior").iterdir())) == 1  # no temporary left
 
+    # the KL base loss: the behavior data gains the teacher's top-k, SFT logs the KL it trains
+    kl_dir = tmp_path / "kl"
+    distill = run_cli(["+experiment=smoke", "logger=none", f"run_dir={kl_dir}", "weighting=block",
+                       "sft.base_loss=kl", "behavior.top_k=4", "stages=[behavior,sft]"],
+                      tmp_path / "cache", tmp_path)
+    assert distill.returncode == 0, distill.stderr[-3000:]
+    top = load_from_disk(str(kl_dir / "behavior" / "data"))
+    assert top["input_ids"] == data["input_ids"]  # the same samples: top-k only adds columns
+    assert all(len(ids) == sum(mask) and {len(t) for t in ids} == {4}
+               for ids, mask in zip(top["behavior_topk_ids"], top["loss_mask"]))
+    kl_records = [json.loads(line) for line in (kl_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["sft/kl"] > 0 for r in kl_records if r["stage"] == "sft")
+
     # the same run directory with a result-changing override is refused, naming the difference
     third = run_cli(args + ["sft.lr=0.5"], tmp_path / "cache", tmp_path)
     assert third.returncode != 0
