@@ -7,8 +7,9 @@ A row is one sequence a trainer learns from:
                        behavior policy of that data: the teacher for SFT rows, the rollout engine
                        for RL rows); 0.0 on the prompt
     behavior_topk_ids, behavior_topk_logprobs  (only with behavior.top_k > 0) one list of k per
-                       *response* token: the behavior policy's k most likely tokens at that
-                       position and their log-probs (sft.base_loss=kl distils from them)
+                       loss token, in order (lists or (n, k) arrays): the behavior policy's k
+                       most likely tokens at that position and their log-probs
+                       (sft.base_loss=kl distils from them)
 The behavior stage stores rows with these columns (and problem_id, prompt, response);
 `validate_rows` checks such data before any training step and names the first bad row.
 """
@@ -19,6 +20,7 @@ import math
 import random
 from typing import Iterator, NotRequired, Sequence, TypedDict
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
@@ -29,8 +31,8 @@ class Row(TypedDict):
     input_ids: list[int]
     loss_mask: list[int]
     behavior_logprobs: list[float]
-    behavior_topk_ids: NotRequired[list[list[int]]]
-    behavior_topk_logprobs: NotRequired[list[list[float]]]
+    behavior_topk_ids: NotRequired[list[list[int]] | np.ndarray]
+    behavior_topk_logprobs: NotRequired[list[list[float]] | np.ndarray]
 
 
 TOPK_COLUMNS = ("behavior_topk_ids", "behavior_topk_logprobs")
@@ -72,13 +74,28 @@ def collate(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor]:
     }
     if TOPK_COLUMNS[0] in rows[0]:
         k = len(rows[0][TOPK_COLUMNS[0]][0])
+        on_loss = batch["loss_mask"] > 0  # the response tokens, in order, the lists belong to
         for key, dtype in zip(TOPK_COLUMNS, (torch.long, torch.float32)):
             out = torch.zeros(*input_ids.shape, k, dtype=dtype)
             for b, r in enumerate(rows):
-                out[b, len(r["input_ids"]) - len(r[key]) : len(r["input_ids"])] = torch.tensor(
-                    r[key], dtype=dtype)
+                out[b, on_loss[b]] = torch.tensor(np.asarray(r[key]), dtype=dtype)  # a copy
             batch[key] = out
     return batch
+
+
+def topk_arrays(data) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each row's top-k (ids (n, k), log-probs (n, k)) from a datasets Dataset, as views into
+    one array per column (of the memory-mapped file when the dataset is on disk): a long-trace
+    dataset at k = 20 would take ~1.8 KB per token as Python lists, 8 bytes per entry here."""
+    columns = []
+    for name in TOPK_COLUMNS:
+        per_row = data.data.column(name).combine_chunks()  # list<list<value>>: rows of tokens
+        per_token = per_row.flatten()
+        k = len(per_token[0]) if len(per_token) else 0
+        values = per_token.flatten().to_numpy(zero_copy_only=False).reshape(-1, k)
+        offsets = per_row.offsets.to_numpy() - per_row.offsets[0].as_py()
+        columns.append([values[a:b] for a, b in zip(offsets[:-1], offsets[1:])])
+    return list(zip(*columns))
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int,

@@ -32,7 +32,8 @@ class TokenLogProbs(torch.nn.Module):
     at `target_temperature` (None unless asked); `entropy` of the sampling distribution at
     `temperature` (None unless asked); `kl` per position against `kl_topk` (a behavior policy's
     stored top-k ids and log-probs, each (batch, seq, k): losses.topk_kl) or `kl_reference` (a
-    reference model's (last hidden states, LM-head weight), from `hidden_states`: losses.full_kl);
+    frozen model's `reference_for(...)`: its full logits when chunk_size is 0, else its (last
+    hidden states, LM-head weight), the logits then made chunk by chunk: losses.full_kl);
     the top `top_k` tokens and log-probs at `temperature` when top_k > 0 (teacher scoring).
     chunk_size > 0: from the last hidden states, chunk_size positions at a time, never holding
     (batch, seq, vocab) logits (large vocabularies); 0: through the model's full logits.
@@ -53,11 +54,8 @@ class TokenLogProbs(torch.nn.Module):
             if kl_topk is not None:
                 out["kl"] = F.pad(losses.topk_kl(logits[:, :-1], *(t[:, 1:] for t in kl_topk)),
                                   (1, 0))
-            if kl_reference is not None:
-                hidden, weight = kl_reference
-                with torch.no_grad():
-                    reference_logits = hidden[:, :-1] @ weight.T
-                out["kl"] = F.pad(losses.full_kl(reference_logits, logits[:, :-1]), (1, 0))
+            if kl_reference is not None:  # the reference's full logits, (batch, seq, vocab)
+                out["kl"] = F.pad(losses.full_kl(kl_reference[:, :-1], logits[:, :-1]), (1, 0))
             with torch.no_grad():
                 if target_temperature is not None:
                     out["target"] = losses.token_logprobs(logits, input_ids, target_temperature)
@@ -88,10 +86,13 @@ class TokenLogProbs(torch.nn.Module):
         return Forward(logp, **out)
 
     @torch.no_grad()
-    def hidden_states(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        """(last hidden states (batch, seq, hidden), LM-head weight (vocab, hidden)): what a
-        reference model hands to another's forward as `kl_reference`. Not for a wrapped model:
-        DDP / FSDP see only `forward`."""
+    def reference_for(self, input_ids, attention_mask, chunk_size: int):
+        """What this (frozen) model hands to another's forward as `kl_reference`: its full
+        logits (batch, seq, vocab) for a chunk_size of 0, else (last hidden states (batch, seq,
+        hidden), LM-head weight (vocab, hidden)). Not for a wrapped model: DDP / FSDP see only
+        `forward`."""
+        if not chunk_size:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         hidden = self.model.base_model(input_ids=input_ids,
                                        attention_mask=attention_mask).last_hidden_state
         return hidden, self.model.get_output_embeddings().weight

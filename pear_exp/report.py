@@ -7,8 +7,9 @@ groups the jobs by every axis of the sweep: each config key whose value differs 
 other than the seed and the operational keys (config.OPERATIONAL_KEYS); a key that only follows
 another (block_size with the weighting option) is not an axis of its own. For each sweep point,
 checkpoint (sft, rl) and metric it reports the mean over seeds with a 95% t-interval (Student's
-t, seeds - 1 degrees of freedom), and, where weighting.level is an axis, each point's paired
-difference from plain SFT (level none, the other axes equal) over the seeds both ran. Jobs
+t, seeds - 1 degrees of freedom), and, where weighting.level or sft.base_loss is an axis, each
+point's paired difference from plain SFT (level none and base loss nll, the other axes equal)
+over the seeds both ran; where both are axes, also kl minus nll at the same weighting. Jobs
 without a summary (failed or unfinished) are listed, not silently dropped.
 Writes report.md, post_sft_vs_post_rl.png and rl_reward.png into --out.
 """
@@ -23,12 +24,15 @@ from pathlib import Path
 
 import yaml
 
-from pear_exp.config import OPERATIONAL_KEYS, WeightLevel
+from pear_exp.config import OPERATIONAL_KEYS, BaseLoss, WeightLevel
 from pear_exp.metrics import mean_ci95
 
 LEVEL = "weighting.level"
+BASE_LOSS = "sft.base_loss"
 LEVEL_ORDER = {level.value: i for i, level in enumerate(WeightLevel)}
-BASELINE = WeightLevel.none.value  # plain SFT: what the paired differences are taken against
+BASELINE = WeightLevel.none.value
+# plain SFT, what the paired differences are taken against: no weights, the NLL base loss
+PLAIN_SFT = {LEVEL: BASELINE, BASE_LOSS: BaseLoss.nll.value}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -125,19 +129,24 @@ def table(jobs: list[dict], metrics: list[str]) -> tuple[str, dict]:
     return "\n".join(lines), stats
 
 
-def paired_differences(jobs: list[dict], metrics: list[str]) -> tuple[str, dict]:
-    """Each sweep point minus plain SFT at the same other axes, seed by seed over the seeds both
-    ran: markdown (empty when weighting.level is not an axis or no seeds are shared), and
+def paired_differences(jobs: list[dict], metrics: list[str],
+                       reference: dict[str, str] | None = None) -> tuple[str, dict]:
+    """Each sweep point minus its reference point, seed by seed over the seeds both ran: the
+    reference is the point with the `reference` axes set to their values and the other axes
+    equal (default: plain SFT, PLAIN_SFT on whichever of its axes the sweep has). Returns
+    markdown (empty when none of the reference axes is an axis or no seeds are shared), and
     {(point, checkpoint, metric): (mean difference, half-width, seeds)}."""
-    if not jobs or LEVEL not in dict(jobs[0]["point"]):
+    axes = dict(jobs[0]["point"]) if jobs else {}
+    reference = {k: v for k, v in (reference or PLAIN_SFT).items() if k in axes}
+    if not reference:
         return "", {}
     runs = {(j["point"], j["seed"]): j for j in jobs}
     checkpoints = [c for c in ("sft", "rl") if any(c in j["summary"] for j in jobs)]
     lines, stats = [], {}
     for point in sorted({j["point"] for j in jobs}, key=point_order):
-        if dict(point)[LEVEL] == BASELINE:
+        base = tuple((k, reference.get(k, v)) for k, v in point)
+        if base == point:
             continue
-        base = tuple((k, BASELINE if k == LEVEL else v) for k, v in point)
         seeds = sorted(s for p, s in runs if p == point and (base, s) in runs)
         if not seeds:
             continue
@@ -150,7 +159,8 @@ def paired_differences(jobs: list[dict], metrics: list[str]) -> tuple[str, dict]
                 mean, half = mean_ci95(diffs, student_t=True)
                 stats[(point, c, m)] = (mean, half, len(diffs))
                 cells.append(f"{round(mean, 3) + 0.0:+.3f} ± {half:.3f}")  # no "-0.000"
-        lines.append(f"| {label(point)} - {BASELINE} | {len(seeds)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(point)} - {label(tuple(reference.items()))} | {len(seeds)} | "
+                     + " | ".join(cells) + " |")
     if not lines:
         return "", {}
     header = "| difference | seeds | " + " | ".join(
@@ -212,16 +222,22 @@ def report(sweep: Path, out: Path) -> str:
     metrics = list(dict.fromkeys(metrics))  # pass@1 once when n = 1
     text, stats = table(jobs, metrics)
     differences, _ = paired_differences(jobs, metrics)
-    images = plots(jobs, stats, "pass@1", out)
     axes = [k for k, _ in jobs[0]["point"]]
+    by_base_loss = ""  # where the base loss is an axis: kl - nll at the same weighting
+    if BASE_LOSS in axes and len(axes) > 1:
+        by_base_loss, _ = paired_differences(jobs, metrics, {BASE_LOSS: PLAIN_SFT[BASE_LOSS]})
+    images = plots(jobs, stats, "pass@1", out)
     lines = [f"# Sweep report: {sweep}", "",
              f"{len(jobs)} finished jobs; sweep axes: {', '.join(axes) or 'none'}; mean over "
              "seeds ± 95% t-interval half-width (Student's t, seeds - 1 degrees of freedom).",
              "", text, ""]
     if differences:
-        lines += [f"Paired differences from plain SFT ({LEVEL}={BASELINE}, the other axes "
-                  "equal), seed by seed over the seeds both ran; mean ± 95% t-interval:", "",
-                  differences, ""]
+        plain = ", ".join(f"{k}={v}" for k, v in PLAIN_SFT.items() if k in axes)
+        lines += [f"Paired differences from plain SFT ({plain}, the other axes equal), seed by "
+                  "seed over the seeds both ran; mean ± 95% t-interval:", "", differences, ""]
+    if by_base_loss:
+        lines += [f"Paired differences between base losses ({BASE_LOSS}=kl minus nll, the other "
+                  "axes equal); mean ± 95% t-interval:", "", by_base_loss, ""]
     if failed:
         lines += ["Jobs without results (failed or unfinished):", ""]
         lines += [f"- {job}" for job in failed] + [""]

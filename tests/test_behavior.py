@@ -101,8 +101,8 @@ def test_scoring_stores_the_teachers_topk_at_the_scoring_temperature(model, toke
             logq = torch.log_softmax(model(ids).logits[0, :-1] / 1.5, -1)  # predicts 1..n-1
         start = row["loss_mask"].index(1)
         values, top = logq[start - 1 :].topk(3, -1)
-        assert row["behavior_topk_ids"] == top.tolist()
-        torch.testing.assert_close(torch.tensor(row["behavior_topk_logprobs"]), values,
+        assert row["behavior_topk_ids"].tolist() == top.tolist()
+        torch.testing.assert_close(torch.from_numpy(row["behavior_topk_logprobs"]), values,
                                    atol=1e-5, rtol=1e-5)
     validate_rows(Dataset.from_list(rows), tokenizer, chat(tokenizer), 256, "scored",
                   need_topk=True)

@@ -88,6 +88,30 @@ def test_collate_puts_each_response_tokens_topk_at_its_position(tokenizer):
         assert not batch["behavior_topk_ids"][b, :start].any()
 
 
+def test_topk_arrays_read_the_stored_columns_as_views_and_collate_follows_the_loss_mask(
+        tokenizer, tmp_path):
+    """Saved as the behavior stage saves them and read back as (tokens, k) arrays: the same
+    numbers; and a row whose loss tokens have a gap gets each list at its own loss token."""
+    from datasets import Dataset, load_from_disk
+
+    from pear_exp.data import topk_arrays
+    from pear_exp.stages.behavior import features
+
+    rows = [{"problem_id": str(i), "prompt": "p", "response": "r", **row}
+            for i, row in enumerate(distill_rows(tokenizer, k=3))]
+    Dataset.from_list(rows, features=features(True)).save_to_disk(str(tmp_path / "d"))
+    data = load_from_disk(str(tmp_path / "d")).select(range(2, 8))  # a slice: offsets not at 0
+    for row, (ids, logp) in zip(rows[2:8], topk_arrays(data)):
+        assert ids.shape == (sum(row["loss_mask"]), 3)
+        assert ids.tolist() == row["behavior_topk_ids"]
+        torch.testing.assert_close(torch.tensor(logp), torch.tensor(row["behavior_topk_logprobs"]))
+    gap = {"input_ids": [1, 2, 3, 4, 5], "loss_mask": [0, 1, 0, 1, 1],
+           "behavior_logprobs": [0.0, -1.0, 0.0, -1.0, -1.0],
+           "behavior_topk_ids": [[7], [8], [9]], "behavior_topk_logprobs": [[-0.1], [-0.2], [-0.3]]}
+    batch = collate([gap], pad_id=0)
+    assert batch["behavior_topk_ids"][0, :, 0].tolist() == [0, 7, 0, 8, 9]
+
+
 def test_kl_on_a_one_hot_teacher_is_plain_sft(tokenizer):
     """Independent route: q one-hot on the data token makes every KL term -log p(y_t), so the
     KL base loss must give plain SFT's gradient, for plain SFT and for PEAR's weights."""
@@ -135,9 +159,9 @@ def test_chunked_kl_and_topk_equal_the_full_logits_path(tokenizer):
     rows = distill_rows(tokenizer, k=4)
     batch = collate(rows, tokenizer.pad_token_id)
     reference = TokenLogProbs(make_tiny_model(tokenizer, seed=9))
-    anchor = reference.hidden_states(batch["input_ids"], batch["attention_mask"])
     results = []
     for chunk in (0, 5):
+        anchor = reference.reference_for(batch["input_ids"], batch["attention_mask"], chunk)
         model = make_tiny_model(tokenizer, seed=3).train()
         policy = TokenLogProbs(model, chunk)
         out = policy(batch["input_ids"], batch["attention_mask"], top_k=4, temperature=0.7,
@@ -203,7 +227,7 @@ def test_sampled_topk_match_teacher_forced_topk(tokenizer, temperature, top_p):
     """The hf engine's top-k of each step's processed distribution, against an independent
     route: the same sequences scored teacher-forced at the temperature (top_p = 1 only: scoring
     has no nucleus; under top_p < 1 the nucleus's log-probs are renormalised, so only the order
-    and the -inf outside are checked). The sampled token's log-prob is its entry there."""
+    is checked). The sampled token's log-prob is its entry there."""
     model = make_tiny_model(tokenizer, seed=4)
     prompts = [prompt_ids(tokenizer, f"Make {i} from 1 2 3") for i in range(3)]
     engine = HFEngine(model, tokenizer)
@@ -213,8 +237,9 @@ def test_sampled_topk_match_teacher_forced_topk(tokenizer, temperature, top_p):
     scorer = TokenLogProbs(model)
     for prompt, samples in zip(prompts, completions):
         for c in samples:
-            assert len(c.top_ids) == len(c.token_ids) and all(len(t) == 4 for t in c.top_ids)
-            for tok, lp, ids, values in zip(c.token_ids, c.logprobs, c.top_ids, c.top_logprobs):
+            assert c.top_ids.shape == (len(c.token_ids), 4)
+            for tok, lp, ids, values in zip(c.token_ids, c.logprobs, c.top_ids.tolist(),
+                                            c.top_logprobs.tolist()):
                 if tok in ids:
                     assert values[ids.index(tok)] == pytest.approx(lp, abs=1e-6)
                 assert values == sorted(values, reverse=True)
@@ -223,6 +248,6 @@ def test_sampled_topk_match_teacher_forced_topk(tokenizer, temperature, top_p):
             ids = torch.tensor([prompt + c.token_ids])
             out = scorer(ids, torch.ones_like(ids), temperature=temperature, top_k=4)
             n = len(c.token_ids)
-            assert out.topk_ids[0, -n:].tolist() == c.top_ids
+            assert out.topk_ids[0, -n:].tolist() == c.top_ids.tolist()
             torch.testing.assert_close(out.topk_logprobs[0, -n:], torch.tensor(c.top_logprobs),
                                        atol=1e-5, rtol=1e-5)

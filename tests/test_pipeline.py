@@ -70,7 +70,8 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     assert all(len(ids) == sum(mask) and {len(t) for t in ids} == {4}
                for ids, mask in zip(top["behavior_topk_ids"], top["loss_mask"]))
     kl_records = [json.loads(line) for line in (kl_dir / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["sft/kl"] > 0 for r in kl_records if r["stage"] == "sft")
+    kl_steps = [r for r in kl_records if r["stage"] == "sft"]
+    assert len(kl_steps) == 3 and all(r["sft/kl"] > 0 for r in kl_steps)
 
     # the same run directory with a result-changing override is refused, naming the difference
     third = run_cli(args + ["sft.lr=0.5"], tmp_path / "cache", tmp_path)

@@ -72,6 +72,28 @@ def test_paired_differences_from_plain_sft_at_the_same_other_axes_and_seeds():
     assert len(rows) == 2  # block and token; no row for plain SFT itself
 
 
+def test_with_a_base_loss_axis_plain_sft_is_nll_without_weights():
+    """kl x block is compared with plain SFT (nll, none), not with kl x none; the second table
+    takes kl - nll at the same weighting."""
+    def run(level, loss, seed, rl):
+        return {"weighting.level": level, "sft.base_loss": loss}, seed, {"rl": {"pass@1": rl}}
+
+    jobs = jobs_of(*(run(level, loss, seed, value + seed / 100)
+                     for seed in (0, 1)
+                     for level, loss, value in (("none", "nll", 0.10), ("block", "nll", 0.20),
+                                                ("none", "kl", 0.30), ("block", "kl", 0.50))))
+    markdown, stats = paired_differences(jobs, ["pass@1"])
+    point = lambda level, loss: (("weighting.level", level), ("sft.base_loss", loss))  # noqa: E731
+    # the seed offsets cancel in every pair: differences exact, half-widths 0
+    assert stats[(point("block", "kl"), "rl", "pass@1")][:2] == (pytest.approx(0.40), pytest.approx(0))
+    assert stats[(point("none", "kl"), "rl", "pass@1")][0] == pytest.approx(0.20)
+    assert "| weighting.level=block, sft.base_loss=kl - weighting.level=none, sft.base_loss=nll | 2 |" in markdown
+    by_loss, stats = paired_differences(jobs, ["pass@1"], {"sft.base_loss": "nll"})
+    assert stats[(point("block", "kl"), "rl", "pass@1")][0] == pytest.approx(0.30)
+    assert stats[(point("none", "kl"), "rl", "pass@1")][0] == pytest.approx(0.20)
+    assert len(by_loss.splitlines()) == 4  # header, rule, two kl points
+
+
 @pytest.mark.slow
 def test_two_by_two_multirun_and_report(tmp_path):
     sweep = tmp_path / "sweep"

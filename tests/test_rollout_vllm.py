@@ -120,7 +120,7 @@ def test_sampled_topk_match_teacher_forced_topk(engine, model, tokenizer):
             ids = torch.tensor([prompt + c.token_ids])
             scored = scorer(ids, torch.ones_like(ids), temperature=0.7, top_k=5)
             n = len(c.token_ids)
-            assert [len(t) for t in c.top_ids] == [5] * n
-            torch.testing.assert_close(torch.tensor(c.top_logprobs),
+            assert c.top_ids.shape == (n, 5)
+            torch.testing.assert_close(torch.from_numpy(c.top_logprobs),
                                        scored.topk_logprobs[0, -n:], atol=ATOL, rtol=ATOL)
-            assert c.top_ids == scored.topk_ids[0, -n:].tolist()
+            assert c.top_ids.tolist() == scored.topk_ids[0, -n:].tolist()

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional, Protocol, Sequence, TypeVar
 
+import numpy as np
+
 Grade = TypeVar("Grade")
 
 
@@ -15,9 +17,10 @@ class Completion:
     logprobs: list[float]  # log-prob of each sampled token under the sampling distribution
     finish_reason: str  # "stop" (a stop token) or "length" (max_new_tokens reached)
     # generate(top_k=k > 0): per sampled token, the sampling distribution's k most likely tokens
-    # (most likely first; all of them when the vocabulary is smaller) and their log-probs
-    top_ids: Optional[list[list[int]]] = None
-    top_logprobs: Optional[list[list[float]]] = None
+    # (most likely first; all of them when the vocabulary is smaller) and their log-probs, as
+    # (tokens, k) int32 / float32 arrays
+    top_ids: Optional[np.ndarray] = None
+    top_logprobs: Optional[np.ndarray] = None
 
 
 class RolloutEngine(Protocol):

@@ -135,9 +135,9 @@ class HFEngine:
                     reason = "stop" if end is not None else "length"
                     end = end if end is not None else len(toks)
                     results[i] = Completion(toks[:end], logp[row, :end].tolist(), reason)
-                    if top is not None:
-                        results[i].top_ids = top[0][row, :end].tolist()
-                        results[i].top_logprobs = top[1][row, :end].tolist()
+                    if top is not None:  # (tokens, k) arrays: compact at long traces
+                        results[i].top_ids = top[0][row, :end].to(torch.int32).numpy()
+                        results[i].top_logprobs = top[1][row, :end].numpy()
         finally:
             torch.random.set_rng_state(generator_state)
             self.model.generation_config = checkpoint_defaults

@@ -51,6 +51,7 @@ import logging
 import os
 import tempfile
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -336,7 +337,9 @@ class VLLMEngine:
                 if top_k:  # each step's dict holds the top-k by rank, plus the sampled token
                     tops = [sorted((e.rank, t, e.logprob) for t, e in step.items()
                                    if e.rank <= top_k) for step in c.logprobs]
-                    samples[-1].top_ids = [[t for _, t, _ in top] for top in tops]
-                    samples[-1].top_logprobs = [[v for _, _, v in top] for top in tops]
+                    samples[-1].top_ids = np.array([[t for _, t, _ in top] for top in tops],
+                                                   dtype=np.int32).reshape(len(tops), top_k)
+                    samples[-1].top_logprobs = np.array([[v for _, _, v in top] for top in tops],
+                                                        dtype=np.float32).reshape(len(tops), top_k)
             results.append(samples)
         return results

@@ -38,13 +38,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from datasets import Dataset, load_dataset
+from datasets import Dataset, Features, List, Value, load_dataset
 from rich.console import Console
 from tqdm.auto import tqdm
 
 from pear_exp import models, tiny
 from pear_exp.config import BehaviorConfig, BehaviorSource, Config, Engine
-from pear_exp.data import COLUMNS, Row, collate, make_row, token_budget_batches
+from pear_exp.data import COLUMNS, TOPK_COLUMNS, Row, collate, make_row, token_budget_batches
 from pear_exp.errors import DataError
 from pear_exp.files import atomic_dir, done, mark_done
 from pear_exp.policy import TokenLogProbs
@@ -160,20 +160,35 @@ def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorC
         out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                      temperature=cfg.temperature, top_k=cfg.top_k)
         logp = out.logprobs.cpu()
+        if cfg.top_k:
+            out = out._replace(topk_ids=out.topk_ids.cpu(), topk_logprobs=out.topk_logprobs.cpu())
         for k, row in enumerate(chunk):
             n = len(row["input_ids"])
             row["behavior_logprobs"] = [
                 float(v) if m else 0.0 for v, m in zip(logp[k, :n].tolist(), row["loss_mask"])
             ]
-            if cfg.top_k:  # the response tokens' positions (make_row: prompt, then response)
-                start = row["loss_mask"].index(1)
-                row["behavior_topk_ids"] = out.topk_ids[k, start:n].tolist()
-                row["behavior_topk_logprobs"] = out.topk_logprobs[k, start:n].tolist()
+            if cfg.top_k:  # at the loss tokens' positions, as (tokens, k) arrays
+                on = torch.tensor(row["loss_mask"], dtype=torch.bool)
+                row["behavior_topk_ids"] = out.topk_ids[k, :n][on].to(torch.int32).numpy()
+                row["behavior_topk_logprobs"] = out.topk_logprobs[k, :n][on].numpy()
     return rows, {"samples": len(data), "kept": len(rows), "eval_removed": removed}
 
 
+def features(with_topk: bool) -> Features:
+    """Stored types: token ids int32, the loss mask int8, log-probs float32 (what they were
+    computed in, so nothing is rounded), half of what Python's int / float would take."""
+    ids, logp = List(Value("int32")), List(Value("float32"))
+    columns = {"problem_id": Value("string"), "prompt": Value("string"),
+               "response": Value("string"), "input_ids": ids,
+               "loss_mask": List(Value("int8")), "behavior_logprobs": logp}
+    if with_topk:
+        columns.update({TOPK_COLUMNS[0]: List(ids), TOPK_COLUMNS[1]: List(logp)})
+    return Features(columns)
+
+
 def save(rows: list[dict], meta: dict, out_dir: Path) -> Dataset:
-    data = Dataset.from_list(rows) if rows else Dataset.from_dict({c: [] for c in COLUMNS})
+    data = Dataset.from_list(rows, features=features(TOPK_COLUMNS[0] in rows[0])) if rows \
+        else Dataset.from_dict({c: [] for c in COLUMNS})
     data.save_to_disk(str(out_dir / "data"))
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2))
     return data

@@ -9,7 +9,7 @@ from datasets import load_from_disk
 
 from pear_exp import models, tiny
 from pear_exp.config import BaseLoss, Config
-from pear_exp.data import TOPK_COLUMNS, validate_rows
+from pear_exp.data import TOPK_COLUMNS, topk_arrays, validate_rows
 from pear_exp.tracking import Tracker
 from pear_exp.train.checkpoint import save_model
 from pear_exp.train.distributed import World
@@ -24,8 +24,10 @@ def run(cfg: Config, out: Path, behavior_dir: Path, tracker: Tracker, world: Wor
     distill = cfg.sft.base_loss == BaseLoss.kl
     validate_rows(data, tokenizer, lambda p: models.prompt_ids(tokenizer, p, cfg.task.system_prompt),
                   cfg.sft.max_seq_len, name=str(behavior_dir / "data"), need_topk=distill)
-    rows = data.select_columns(["input_ids", "loss_mask", "behavior_logprobs"]
-                               + (list(TOPK_COLUMNS) if distill else [])).to_list()
+    rows = data.select_columns(["input_ids", "loss_mask", "behavior_logprobs"]).to_list()
+    if distill:  # as views into the memory-mapped columns, not lists of lists
+        for row, (ids, logprobs) in zip(rows, topk_arrays(data)):
+            row[TOPK_COLUMNS[0]], row[TOPK_COLUMNS[1]] = ids, logprobs
     train_sft(model, rows, cfg.sft, cfg.weighting, pad_id=tokenizer.pad_token_id, seed=cfg.seed,
               log=lambda m, step: tracker.log("sft", m, step),
               checkpoint_dir=out / "checkpoints", world=world)

@@ -146,11 +146,12 @@ def train_sft(
             totals["real"] += int(batch["attention_mask"].sum())
             # gradients are reduced over the ranks once, in the step's last backward
             with world.gradient_sync(policy, start == starts[-1]):
-                anchor = None  # ASFT: the frozen initial model's hidden states and LM head
+                anchor = None  # ASFT: the frozen initial model's logits (or what makes them)
                 if weighting.level == WeightLevel.asft:
                     with torch.no_grad(), autocast_bf16:
-                        anchor = reference.hidden_states(batch["input_ids"],
-                                                         batch["attention_mask"])
+                        anchor = reference.reference_for(batch["input_ids"],
+                                                         batch["attention_mask"],
+                                                         cfg.logprob_chunk_size)
                 with autocast_bf16:
                     out = policy(batch["input_ids"], batch["attention_mask"],
                                  target_temperature=target_temperature,
