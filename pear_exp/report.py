@@ -48,20 +48,20 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 def sweep_axes(jobs: list[dict]) -> list[str]:
     """The keys whose values differ between the jobs (not the seed, not operational keys), less
-    those that only follow an earlier axis (the same grouping of the jobs). weighting.level
-    first."""
+    those that only follow the axes before them (a key whose value the earlier axes' values
+    determine: block_size or iw_clip with the weighting option). weighting.level first."""
     keys = sorted({k for job in jobs for k in job["config"]}, key=lambda k: (k != LEVEL, k))
-    axes, partitions = [], set()
+    axes: list[str] = []
     for key in keys:
         if key == "seed" or key.split(".")[0] in OPERATIONAL_KEYS:
             continue
         values = [job["config"].get(key) for job in jobs]
         if len(set(values)) < 2:
             continue
-        first = {}
-        partition = tuple(first.setdefault(v, i) for i, v in enumerate(values))
-        if partition not in partitions:
-            partitions.add(partition)
+        seen: dict[tuple, str | None] = {}  # the earlier axes' values -> this key's value
+        follows = all(seen.setdefault(tuple(job["config"].get(a) for a in axes), v) == v
+                      for job, v in zip(jobs, values))
+        if not (axes and follows):
             axes.append(key)
     return axes
 
@@ -183,9 +183,10 @@ def plots(jobs: list[dict], stats: dict, metric: str, out: Path) -> list[str]:
         ax.bar([i + offset for i in range(len(points))], means, width,
                yerr=[0 if math.isnan(h) else h for h in halves], capsize=4,
                label=f"after {checkpoint.upper()}")
-    ax.set_xticks(range(len(points)), [label(p).replace(", ", "\n") for p in points])
+    ax.set_xticks(range(len(points)), ["\n".join(v for _, v in p) or "all" for p in points])
     ax.set_ylabel(f"held-out {metric} (mean over seeds, 95% CI)")
-    ax.set_xlabel("sweep point" if [k for k, _ in points[0]] != [LEVEL] else "SFT weighting")
+    ax.set_xlabel(" / ".join(k for k, _ in points[0]) if [k for k, _ in points[0]] != [LEVEL]
+                  else "SFT weighting")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "post_sft_vs_post_rl.png", dpi=120)
@@ -200,7 +201,8 @@ def plots(jobs: list[dict], stats: dict, metric: str, out: Path) -> list[str]:
             window = 10  # moving average: one step's reward is noisy
             smooth = [sum(mean[max(0, i - window + 1) : i + 1]) / len(mean[max(0, i - window + 1) : i + 1])
                       for i in range(len(mean))]
-            ax.plot(steps, smooth, label=f"{label(point)} ({len(curves)} seeds)")
+            ax.plot(steps, smooth, label=f"{', '.join(v for _, v in point) or 'all'} "
+                                         f"({len(curves)} seeds)")
         ax.set_xlabel("RL step")
         ax.set_ylabel("rollout reward (10-step moving mean)")
         ax.legend()
