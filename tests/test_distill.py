@@ -174,6 +174,8 @@ def test_chunked_kl_and_topk_equal_the_full_logits_path(tokenizer):
                  (full.topk_logprobs, chunked.topk_logprobs)):
         torch.testing.assert_close(a.detach(), b.detach(), atol=1e-5, rtol=1e-5)
     assert torch.equal(full.topk_ids, chunked.topk_ids)
+    for a, b in ((full.logprobs, chunked.logprobs), (full_ref.logprobs, chunked_ref.logprobs)):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-5, rtol=1e-5)  # T 0.7 and 1
     assert (full_ref.kl[:, 1:] > 0).all()  # two different random models
     for name in full_grads:
         torch.testing.assert_close(chunked_grads[name], full_grads[name], atol=1e-6, rtol=1e-4)
@@ -203,6 +205,22 @@ def test_asft_gradient_is_that_of_its_loss_written_out(tokenizer):
     assert_grads_of_written_loss(tokenizer, rows, grads, asft_loss, with_logits=True)
     dft, _ = grads_after_one_step(tokenizer, rows, 4, WeightLevel.dft)
     assert any(not torch.allclose(dft[n], grads[n], atol=1e-5) for n in grads)
+
+
+@pytest.mark.parametrize("level, base_loss", [(WeightLevel.asft, BaseLoss.nll),
+                                              (WeightLevel.block, BaseLoss.kl)])
+def test_chunked_kl_trains_like_full_logits(tokenizer, level, base_loss):
+    """The trainer's gradient with log-probs and KL from chunks of 7 positions (one LM-head
+    product per chunk for both) equals the full-logits path's: ASFT's NLL and anchor, and PEAR
+    on the KL base loss."""
+    rows = distill_rows(tokenizer, k=5)
+    reference = make_tiny_model(tokenizer, seed=9) if level == WeightLevel.asft else None
+    full, _ = grads_after_one_step(tokenizer, rows, 4, level, base_loss=base_loss,
+                                   reference=reference)
+    chunked, _ = grads_after_one_step(tokenizer, rows, 4, level, base_loss=base_loss,
+                                      reference=reference, logprob_chunk_size=7)
+    for name in full:
+        torch.testing.assert_close(chunked[name], full[name], atol=1e-6, rtol=1e-4)
 
 
 def test_kl_base_loss_training_lowers_the_kl(tokenizer):
