@@ -193,7 +193,8 @@ def chunked_token_entropy(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
 TAIL_FLOOR = 1e-6
 
 
-def topk_kl(logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor) -> torch.Tensor:
+def topk_kl(logits: torch.Tensor, topk_ids: torch.Tensor,
+            topk_logprobs: torch.Tensor) -> torch.Tensor:
     """KL(q || p) per position, with q known only on its top-k tokens.
 
     logits: (..., vocab), the model p (softmax at temperature 1); topk_ids / topk_logprobs:
@@ -264,17 +265,16 @@ def chunked_kl(hidden: torch.Tensor, lm_head_weight: torch.Tensor, chunk_size: i
         raise ValueError("chunked_kl needs exactly one of topk and reference")
     batch, seq, width = hidden.shape
     flat = hidden[:, :-1].reshape(-1, width)
-    if topk is not None:
-        fn = _chunk_topk_kl
-        others = [t[:, 1:].reshape(flat.shape[0], -1) for t in topk]
+    if topk is not None:  # per-position tensors, sliced with the chunk; tensors shared by all
+        fn, shared = _chunk_topk_kl, []
+        per_position = [t[:, 1:].reshape(flat.shape[0], -1) for t in topk]
     else:
-        fn = _chunk_full_kl
-        others = [reference[0][:, :-1].reshape(flat.shape[0], -1), reference[1]]
+        fn, shared = _chunk_full_kl, [reference[1]]
+        per_position = [reference[0][:, :-1].reshape(flat.shape[0], -1)]
     parts = []
     for start in range(0, flat.shape[0], chunk_size):
         piece = slice(start, start + chunk_size)
-        args = [flat[piece], lm_head_weight] + (
-            [o[piece] for o in others] if topk is not None else [others[0][piece], others[1]])
+        args = [flat[piece], lm_head_weight] + [t[piece] for t in per_position] + shared
         if torch.is_grad_enabled() and (flat.requires_grad or lm_head_weight.requires_grad):
             parts.append(torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False))
         else:

@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from pear_exp.config import (
-    ArchitectureConfig, BaseLoss, BehaviorSource, Config, Engine, ModelConfig, Precision, Stage, TaskKind,
-    WeightingConfig, WeightLevel,
+    ArchitectureConfig, BaseLoss, BehaviorSource, Config, Engine, ModelConfig, Precision, Stage,
+    TaskKind, WeightingConfig, WeightLevel,
 )
 from pear_exp.memory import (
     DTYPE_BYTES, GiB, activation_bytes, architecture_of, count_parameters, dtype_bytes,
@@ -157,11 +157,12 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
         rows.append(Row(stage, "total", values, note))
 
     def trainer_rows(stage: str, micro: int, seq_len: int, checkpointing: bool, chunk: int,
-                     reference: str | None, precision_bf16: bool, kl_blocks: int = 0,
-                     kl_note: str = "") -> tuple[list[int], list[int]]:
+                     reference: str | None, precision_bf16: bool, reference_sharded: bool = False,
+                     kl_blocks: int = 0, kl_note: str = "") -> tuple[list[int], list[int]]:
         """Rows of one training stage; returns (resident state, peak during an update).
-        reference: why a frozen reference model is held (None: none is); kl_blocks: the extra
-        (positions, vocab) float32 blocks a KL term keeps beside the log-probs."""
+        reference: why a frozen reference model is held (None: none is), sharded like the policy
+        under FSDP or whole on every rank; kl_blocks: the extra (positions, vocab) float32 blocks
+        a KL term keeps beside the log-probs."""
         arch, b = student.arch, dtype_bytes(cfg.model.dtype)
         resident, totals = [0] * len(worlds), [0] * len(worlds)
         if arch is None or student.params is None:
@@ -186,11 +187,10 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
                       f"chunks of {chunk}" if chunk else "full logits"))
         if kl_blocks:
             terms.append(("KL terms", [kl_blocks * lp] * len(worlds), kl_note))
-        if reference == "rl.kl_coef > 0":  # sharded like the policy under FSDP
-            terms.append(("reference model", [student.params * b // (w if fsdp else 1)
-                                              for w in worlds], reference))
-        elif reference:  # SFT's frozen copy of the initial model: whole on every rank
-            terms.append(("reference model", [student.params * b] * len(worlds), reference))
+        if reference:
+            shards = lambda w: w if fsdp and reference_sharded else 1  # noqa: E731
+            terms.append(("reference model", [student.params * b // shards(w) for w in worlds],
+                          reference))
         for term, values, note in terms:
             rows.append(Row(stage, term, values, note))
             totals = [t + v for t, v in zip(totals, values)]
@@ -237,6 +237,7 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
                                         prompt_budget(cfg) + rl.max_new_tokens,
                                         rl.gradient_checkpointing, rl.logprob_chunk_size,
                                         reference="rl.kl_coef > 0" if rl.kl_coef > 0 else None,
+                                        reference_sharded=True,
                                         precision_bf16=rl.precision == Precision.bf16)
         if fsdp and student.params is not None:
             # rank 0 keeps an unsharded copy of the policy that feeds the engine and the probe

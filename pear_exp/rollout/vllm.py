@@ -335,11 +335,10 @@ class VLLMEngine:
                 logprobs = [step[t].logprob for step, t in zip(c.logprobs, ids)]
                 samples.append(Completion(ids, logprobs, c.finish_reason))
                 if top_k:  # each step's dict holds the top-k by rank, plus the sampled token
-                    tops = [sorted((e.rank, t, e.logprob) for t, e in step.items()
-                                   if e.rank <= top_k) for step in c.logprobs]
-                    samples[-1].top_ids = np.array([[t for _, t, _ in top] for top in tops],
-                                                   dtype=np.int32).reshape(len(tops), top_k)
-                    samples[-1].top_logprobs = np.array([[v for _, _, v in top] for top in tops],
-                                                        dtype=np.float32).reshape(len(tops), top_k)
+                    top = np.array([sorted((e.rank, t, e.logprob) for t, e in step.items()
+                                           if e.rank <= top_k) for step in c.logprobs],
+                                   dtype=np.float64).reshape(len(ids), top_k, 3)
+                    samples[-1].top_ids = top[..., 1].astype(np.int32)  # exact: ids < 2^53
+                    samples[-1].top_logprobs = top[..., 2].astype(np.float32)
             results.append(samples)
         return results

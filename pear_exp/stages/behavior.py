@@ -21,8 +21,9 @@ behavior_logprobs = b_t on loss tokens) and meta.json beside it (teacher, source
 top_p, top_k, counts). With behavior.top_k = k > 0 each row also holds, for every response token,
 the k most likely tokens of the same distribution b_t comes from (the processed sampling
 distribution, or the teacher at behavior.temperature when scoring) and their log-probs:
-behavior_topk_ids / behavior_topk_logprobs, what sft.base_loss=kl distils from. With behavior.reuse a sweep's runs that would sample the same data share one copy
-under <cache_dir>/behavior (`shared_dir`): a weighting sweep samples its teacher once per seed.
+behavior_topk_ids / behavior_topk_logprobs, what sft.base_loss=kl distils from. With
+behavior.reuse a sweep's runs that would sample the same data share one copy under
+<cache_dir>/behavior (`shared_dir`): a weighting sweep samples its teacher once per seed.
 """
 
 from __future__ import annotations

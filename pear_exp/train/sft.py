@@ -21,7 +21,8 @@ Batches: data.length_grouped_batches (grouped by length within windows, then shu
 Weighting `none` is plain SFT (W = mask); the tiny models are pretrained with this same loop.
 Weightings `iw_sft` / `iw_sft_token` are iw-SFT (arXiv 2507.12856): weights of the current model
 against the frozen initial model (a copy taken before the first step, also when resuming: the
-copy is of the model as given, the checkpoint is loaded after it), pear_exp.weighting.iw_sft_weights.
+copy is of the model as given, the checkpoint is loaded after it),
+pear_exp.weighting.iw_sft_weights.
 Weighting `dft` is DFT (arXiv 2508.05629): W_t = pi_theta(y_t | x, y_<t) at temperature 1,
 detached, as its official trainer computes it; with normalization=tokens the loss is its
 sum_t sg(p_t) nll_t / (loss tokens).
