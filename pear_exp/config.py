@@ -334,6 +334,11 @@ class SFTConfig:
     base_loss: BaseLoss = BaseLoss.nll  # what the weights multiply: nll | kl (behavior.top_k > 0)
     batch_size: int = 64  # sequences per optimizer step
     micro_batch_size: int = 64  # sequences per forward/backward; batch_size must be a multiple
+    # true: a micro-batch is a run of rows laid end to end within micro_batch_tokens tokens, no
+    # padding, each row with its own positions and attention (pear_exp/packing.py); false: rows
+    # right-padded to (micro_batch_size, longest row)
+    padding_free: bool = True
+    micro_batch_tokens: int = 0  # padding-free token budget (0: micro_batch_size x max_seq_len)
     lr: float = 2e-3
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
@@ -447,6 +452,11 @@ class Config:
     plan: bool = False
 
     def __post_init__(self):
+        budget = self.sft.micro_batch_tokens
+        if self.sft.padding_free and 0 < budget < self.sft.max_seq_len:
+            raise ConfigValueError(
+                f"sft.micro_batch_tokens={budget} is below sft.max_seq_len="
+                f"{self.sft.max_seq_len}: a row of that length would not fit a micro-batch")
         if self.sft.base_loss == BaseLoss.kl and self.behavior.top_k < 1:
             raise ConfigValueError(
                 "sft.base_loss=kl distils from the behavior policy's top-k token log-probs, "

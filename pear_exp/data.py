@@ -130,6 +130,33 @@ def token_budget_batches(rows: list[Row], max_rows: int, max_tokens: int) -> Ite
         yield batch
 
 
+def token_budget_groups(lengths: Sequence[int], max_tokens: int, groups: int = 0
+                        ) -> list[list[int]]:
+    """Consecutive runs of positions 0..len(lengths)-1 whose lengths sum to at most max_tokens
+    (padding-free micro-batches): a row that would straddle a boundary starts the next group
+    (a row longer than max_tokens goes alone). groups > 0: exactly that many groups (it must be
+    >= what the budget needs and <= the number of rows), the largest ones split further, so that
+    every rank of a data-parallel world runs the same number of forwards (FSDP gathers weights in
+    each)."""
+    runs: list[list[int]] = []
+    used = max_tokens + 1  # start a group at the first row
+    for i, n in enumerate(lengths):
+        if used + n > max_tokens:
+            runs.append([])
+            used = 0
+        runs[-1].append(i)
+        used += n
+    if groups and not len(runs) <= groups <= len(lengths):
+        raise ValueError(f"{groups} groups of {len(lengths)} rows within {max_tokens} tokens: "
+                         f"at least {len(runs)} and at most {len(lengths)}")
+    while len(runs) < groups:  # halve the group with the most tokens (of those with >= 2 rows)
+        g = max((g for g in range(len(runs)) if len(runs[g]) > 1),
+                key=lambda g: sum(lengths[i] for i in runs[g]))
+        half = len(runs[g]) // 2
+        runs[g : g + 1] = [runs[g][:half], runs[g][half:]]
+    return runs
+
+
 COLUMNS = ("problem_id", "prompt", "response", "input_ids", "loss_mask", "behavior_logprobs")
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pear_exp import losses
+from pear_exp.packing import Packed
 
 
 class Forward(NamedTuple):
@@ -37,6 +38,10 @@ class TokenLogProbs(torch.nn.Module):
     the top `top_k` tokens and log-probs at `temperature` when top_k > 0 (teacher scoring).
     chunk_size > 0: from the last hidden states, chunk_size positions at a time, never holding
     (batch, seq, vocab) logits (large vocabularies); 0: through the model's full logits.
+    packed: the padded batch's rows run end to end (pear_exp/packing.py; the model must be inside
+    packing.padding_free): input_ids / attention_mask / kl_topk are still the padded batch's
+    and every output comes back in its padded layout; kl_reference is then the reference's
+    reference_for(..., packed=packed).
     """
 
     def __init__(self, model, chunk_size: int = 0):
@@ -46,10 +51,20 @@ class TokenLogProbs(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, temperature: float = 1.0,
                 target_temperature: float | None = None, entropy: bool = False, top_k: int = 0,
-                kl_topk=None, kl_reference=None) -> Forward:
+                kl_topk=None, kl_reference=None, packed: Packed | None = None) -> Forward:
+        if packed is not None:
+            kl_topk = None if kl_topk is None else tuple(packed.pack(t) for t in kl_topk)
+            out = self._forward(packed.input_ids, packed.model_inputs(), temperature,
+                                target_temperature, entropy, top_k, kl_topk, kl_reference)
+            return Forward(*(None if t is None else packed.unpack(t) for t in out))
+        return self._forward(input_ids, {"input_ids": input_ids, "attention_mask": attention_mask},
+                             temperature, target_temperature, entropy, top_k, kl_topk, kl_reference)
+
+    def _forward(self, input_ids, inputs: dict, temperature, target_temperature, entropy, top_k,
+                 kl_topk, kl_reference) -> Forward:
         out = {}
         if not self.chunk_size:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            logits = self.model(**inputs).logits
             logp = losses.token_logprobs(logits, input_ids, temperature)
             if kl_topk is not None:
                 out["kl"] = F.pad(losses.topk_kl(logits[:, :-1], *(t[:, 1:] for t in kl_topk)),
@@ -66,8 +81,7 @@ class TokenLogProbs(torch.nn.Module):
                     out["topk_ids"], out["topk_logprobs"] = (F.pad(t, (0, 0, 1, 0))
                                                              for t in (ids, values))
             return Forward(logp, **out)
-        hidden = self.model.base_model(input_ids=input_ids,
-                                       attention_mask=attention_mask).last_hidden_state
+        hidden = self.model.base_model(**inputs).last_hidden_state
         weight = self.model.get_output_embeddings().weight
         chunk = self.chunk_size
         logp = losses.chunked_token_logprobs(hidden, weight, input_ids, temperature, chunk)
@@ -86,15 +100,18 @@ class TokenLogProbs(torch.nn.Module):
         return Forward(logp, **out)
 
     @torch.no_grad()
-    def reference_for(self, input_ids, attention_mask, chunk_size: int):
+    def reference_for(self, input_ids, attention_mask, chunk_size: int,
+                      packed: Packed | None = None):
         """What this (frozen) model hands to another's forward as `kl_reference`: its full
         logits (batch, seq, vocab) for a chunk_size of 0, else (last hidden states (batch, seq,
-        hidden), LM-head weight (vocab, hidden)). Not for a wrapped model: DDP / FSDP see only
+        hidden), LM-head weight (vocab, hidden)); with `packed`, in the packed layout (1, T, ...)
+        that the other's packed forward works in. Not for a wrapped model: DDP / FSDP see only
         `forward`."""
+        inputs = (packed.model_inputs() if packed is not None
+                  else {"input_ids": input_ids, "attention_mask": attention_mask})
         if not chunk_size:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        hidden = self.model.base_model(input_ids=input_ids,
-                                       attention_mask=attention_mask).last_hidden_state
+            return self.model(**inputs).logits
+        hidden = self.model.base_model(**inputs).last_hidden_state
         return hidden, self.model.get_output_embeddings().weight
 
 

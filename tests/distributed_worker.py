@@ -27,10 +27,12 @@ from tests.test_sft import rows_for
 def main(out: str, strategy: str, engine_name: str = "hf") -> None:
     world = distributed.init(DistributedConfig(strategy=ParallelStrategy(strategy)))
     tokenizer = build_char_tokenizer()
-    # SFT: 16 rows a step, 2 micro-batches of 4 per rank with 2 ranks (4 of 4 with 1), block
-    # weights at a target temperature != 1 and chunked log-probs (both detached paths).
+    # SFT: 16 rows a step, padding-free micro-batches of at most 109 tokens (rows of 32-40
+    # tokens): in steps 1 and 3 one rank's 8 rows need 3 and the other's 4, so the first is split
+    # into 4 as well (FSDP gathers weights in every forward); block weights at a target
+    # temperature != 1 and chunked log-probs (both detached paths).
     model = make_tiny_model(tokenizer, seed=3, layers=2).train()
-    sft_cfg = SFTConfig(steps=3, batch_size=16, micro_batch_size=4, lr=1e-2, warmup_steps=1,
+    sft_cfg = SFTConfig(steps=3, batch_size=16, micro_batch_tokens=109, lr=1e-2, warmup_steps=1,
                         logprob_chunk_size=7, log_every=1)
     weighting = WeightingConfig(level=WeightLevel.block, target_temperature=0.7)
     sft_logs = []

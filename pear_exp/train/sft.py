@@ -33,6 +33,7 @@ official trainer (both at temperature 1; the anchor is unweighted and shares the
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -44,8 +45,11 @@ import torch
 from tqdm.auto import tqdm
 
 from pear_exp.config import BaseLoss, Normalization, SFTConfig, WeightingConfig, WeightLevel
-from pear_exp.data import TOPK_COLUMNS, Row, collate, length_grouped_batches
+from pear_exp.data import (
+    TOPK_COLUMNS, Row, collate, length_grouped_batches, token_budget_groups,
+)
 from pear_exp.losses import weighted_nll_sum
+from pear_exp.packing import Packed, padding_free
 from pear_exp.policy import TokenLogProbs
 from pear_exp.train.distributed import World
 from pear_exp.train.loop import FiniteGuard, autocast, start_loop
@@ -93,7 +97,10 @@ def train_sft(
     `reference`: the frozen policy iw-SFT weighs against (default: a copy of `model` as given).
     """
     world = world or World()
-    if cfg.batch_size % (cfg.micro_batch_size * world.size):
+    if cfg.padding_free and cfg.batch_size % world.size:
+        raise ValueError(f"sft.batch_size={cfg.batch_size} must be a multiple of the "
+                         f"{world.size} processes")
+    if not cfg.padding_free and cfg.batch_size % (cfg.micro_batch_size * world.size):
         raise ValueError(
             f"sft.batch_size={cfg.batch_size} must be a multiple of sft.micro_batch_size="
             f"{cfg.micro_batch_size}" + (f" x {world.size} processes" if world.distributed else "")
@@ -110,6 +117,20 @@ def train_sft(
     torch.manual_seed(seed)
     if weighting.level.needs_reference:  # the frozen initial model, copied before any step
         reference = reference if reference is not None else copy.deepcopy(model)
+    else:
+        reference = None
+    with contextlib.ExitStack() as stack:
+        if cfg.padding_free:  # both models attend within rows while this stage runs
+            for m in (model, reference) if reference is not None else (model,):
+                stack.enter_context(padding_free(m))
+        return _train(model, rows, cfg, weighting, pad_id=pad_id, seed=seed, log=log, desc=desc,
+                      checkpoint_dir=checkpoint_dir, world=world, reference=reference)
+
+
+def _train(model, rows, cfg: SFTConfig, weighting: WeightingConfig, *, pad_id, seed, log, desc,
+           checkpoint_dir, world: World, reference) -> dict[str, float]:
+    distill = cfg.base_loss == BaseLoss.kl
+    if reference is not None:
         reference = TokenLogProbs(reference.eval().requires_grad_(False), cfg.logprob_chunk_size)
     iw_per_token = weighting.level == WeightLevel.iw_sft_token
     iw_clip = tuple(weighting.iw_clip or IW_SFT_CLIPS["token" if iw_per_token else "sequence"])
@@ -118,7 +139,9 @@ def train_sft(
     loop = start_loop(model, cfg, world, total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
                       checkpoint_dir=checkpoint_dir)
     policy, start = loop.policy, loop.start
-    batches = length_grouped_batches([len(r["input_ids"]) for r in rows], cfg.batch_size, seed)
+    lengths = [len(r["input_ids"]) for r in rows]
+    batches = length_grouped_batches(lengths, cfg.batch_size, seed)
+    token_budget = cfg.micro_batch_tokens or cfg.micro_batch_size * cfg.max_seq_len
     for _ in range(start):  # the data position: skip the batches already trained on
         next(batches)
     autocast_bf16 = autocast(device, cfg.precision)
@@ -139,25 +162,28 @@ def train_sft(
                   "weight": 0.0, "slots": 0, "real": 0}
         stats_parts = []
         logging_step = (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
-        starts = range(0, len(index), cfg.micro_batch_size)
-        for start in starts:
-            micro = [rows[i] for i in index[start : start + cfg.micro_batch_size]]
+        micro_batches = split_step(index, lengths, cfg, token_budget, world)
+        for number, micro_index in enumerate(micro_batches, 1):
+            micro = [rows[i] for i in micro_index]
             batch = {k: v.to(device) for k, v in collate(micro, pad_id).items()}
-            totals["slots"] += batch["input_ids"].numel()
+            packed = (Packed.from_padded(batch["input_ids"], batch["attention_mask"])
+                      if cfg.padding_free else None)
+            totals["slots"] += (packed.input_ids if packed else batch["input_ids"]).numel()
             totals["real"] += int(batch["attention_mask"].sum())
             # gradients are reduced over the ranks once, in the step's last backward
-            with world.gradient_sync(policy, start == starts[-1]):
+            with world.gradient_sync(policy, number == len(micro_batches)):
                 anchor = None  # ASFT: the frozen initial model's logits (or what makes them)
                 if weighting.level == WeightLevel.asft:
                     with torch.no_grad(), autocast_bf16:
                         anchor = reference.reference_for(batch["input_ids"],
                                                          batch["attention_mask"],
-                                                         cfg.logprob_chunk_size)
+                                                         cfg.logprob_chunk_size, packed)
                 with autocast_bf16:
                     out = policy(batch["input_ids"], batch["attention_mask"],
                                  target_temperature=target_temperature,
                                  kl_topk=tuple(batch[c] for c in TOPK_COLUMNS) if distill
-                                 else None, kl_reference=anchor)  # each (batch, seq)
+                                 else None, kl_reference=anchor,
+                                 packed=packed)  # each (batch, seq): the padded layout
                 logp, target = out.logprobs, out.target
                 mask = batch["loss_mask"]
                 if weighting.level == WeightLevel.none:
@@ -166,7 +192,8 @@ def train_sft(
                     weights = dft_weights(logp, mask)
                 elif weighting.level.needs_reference:  # iw-SFT: against the initial model
                     with torch.no_grad(), autocast_bf16:
-                        ref = reference(batch["input_ids"], batch["attention_mask"])[0]
+                        ref = reference(batch["input_ids"], batch["attention_mask"],
+                                        packed=packed)[0]
                     weights = iw_sft_weights(logp, ref, mask, per_token=iw_per_token,
                                              clip=iw_clip, temperature=weighting.iw_temperature)
                 else:
@@ -226,6 +253,23 @@ def train_sft(
             loop.save(checkpoint_dir, step + 1, world)
     loop.close()
     return metrics
+
+
+def split_step(index: list[int], lengths: list[int], cfg: SFTConfig, token_budget: int,
+               world: World) -> list[list[int]]:
+    """This rank's rows of one optimizer step (`index`) as micro-batches: micro_batch_size rows
+    each (padded), or runs of rows within token_budget tokens (padding-free), then as many on
+    every rank (the most any rank needs: FSDP gathers the weights in every forward)."""
+    if not cfg.padding_free:
+        return [index[s : s + cfg.micro_batch_size]
+                for s in range(0, len(index), cfg.micro_batch_size)]
+    mine = [lengths[i] for i in index]
+    groups = token_budget_groups(mine, token_budget)
+    if world.distributed:
+        counts = [0.0] * world.size
+        counts[world.rank] = len(groups)
+        groups = token_budget_groups(mine, token_budget, int(max(world.sum(counts))))
+    return [[index[j] for j in g] for g in groups]
 
 
 def weight_stats_over(parts, cfg: WeightingConfig) -> dict[str, float]:
