@@ -69,6 +69,9 @@ class Normalization(Enum):
 class Precision(Enum):
     fp32 = "fp32"
     bf16 = "bf16"  # bf16 autocast for the forward pass; master weights stay fp32
+    # bf16 where it pays, else fp32 (pear_exp/train/loop.py, resolve_precision): GPUs with
+    # bf16; CPUs with bf16 matrix units (AMX) for models of hidden size >= 256
+    auto = "auto"
 
 
 class PretrainData(Enum):
@@ -345,7 +348,7 @@ class SFTConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.auto
     gradient_checkpointing: bool = False
     # > 0: log-probs from the last hidden states this many positions at a time, never holding
     # (batch, seq, vocab) logits (large vocabularies); 0: through the full logits.
@@ -382,7 +385,7 @@ class RLConfig:
     eval_every: int = 25  # held-out evaluation every N steps (0: never during RL)
     eval_problems: int = 100
     checkpoint_every: int = 20
-    precision: Precision = Precision.fp32
+    precision: Precision = Precision.auto
     logprob_chunk_size: int = 0  # as sft.logprob_chunk_size: > 0 for large vocabularies
     gradient_checkpointing: bool = False  # recompute activations in the update (long responses)
 

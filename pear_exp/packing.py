@@ -92,9 +92,11 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
         out = varlen_attn(q, k, v, starts, starts, longest, longest, scale=scaling,
                           window_size=(-1, 0), enable_gqa=gqa)
         return out[None], None
-    parts = [F.scaled_dot_product_attention(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b],
-                                            is_causal=True, scale=scaling, enable_gqa=gqa)
-             for a, b in zip(row_starts, row_starts[1:])]
+    # split, not slices: the backward of one split is one concatenation, while each slice's
+    # backward would fill and add a whole (T, ...) gradient, rows x T work per layer
+    lengths = [b - a for a, b in zip(row_starts, row_starts[1:])]
+    parts = [F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
+             for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)))]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 

@@ -228,7 +228,7 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
             "sft", s.micro_batch_size, s.max_seq_len, s.gradient_checkpointing,
             s.logprob_chunk_size,
             reference=f"weighting={level.value}: the initial model" if level.needs_reference
-            else None, precision_bf16=s.precision == Precision.bf16, kl_blocks=kl_blocks,
+            else None, precision_bf16=s.precision != Precision.fp32, kl_blocks=kl_blocks,
             kl_note="ASFT's anchor" if level == WeightLevel.asft else "sft.base_loss=kl")
         rows.append(Row("sft", "total", totals))
     if Stage.rl in stages:
@@ -238,7 +238,7 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
                                         rl.gradient_checkpointing, rl.logprob_chunk_size,
                                         reference="rl.kl_coef > 0" if rl.kl_coef > 0 else None,
                                         reference_sharded=True,
-                                        precision_bf16=rl.precision == Precision.bf16)
+                                        precision_bf16=rl.precision != Precision.fp32)
         if fsdp and student.params is not None:
             # rank 0 keeps an unsharded copy of the policy that feeds the engine and the probe
             copy = [student.params * dtype_bytes(cfg.model.dtype) if w > 1 else 0 for w in worlds]
@@ -447,7 +447,10 @@ def print_plan(cfg: Config, choices: dict[str, Any] | None = None, console=None)
     if choices:
         console.print("choices: " + ", ".join(f"{k}={v}" for k, v in sorted(choices.items())))
     console.print(f"training: precision sft={cfg.sft.precision.value} rl="
-                  f"{cfg.rl.precision.value}; with several processes (torchrun) {sharding(cfg)}; "
+                  f"{cfg.rl.precision.value}"
+                  + (" (auto: bf16 on GPUs, as estimated here)" if Precision.auto in
+                     (cfg.sft.precision, cfg.rl.precision) else "")
+                  + f"; with several processes (torchrun) {sharding(cfg)}; "
                   f"rollout engine {cfg.rollout.engine.value}")
 
     models = Table(title="models")

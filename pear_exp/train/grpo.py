@@ -42,6 +42,7 @@ then not comparable with the trainer's, so keep top_p = 1 when tis_cap is set.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -62,7 +63,7 @@ from pear_exp.rollout import RolloutEngine, grade_finished
 from pear_exp.rollout.sync import fingerprint_mismatch, sync_logprob_diff, trainer_fingerprint
 from pear_exp.tasks.base import Problem
 from pear_exp.train.distributed import World
-from pear_exp.train.loop import FiniteGuard, Loop, autocast, start_loop
+from pear_exp.train.loop import FiniteGuard, Loop, autocast, resolve_precision, start_loop
 
 
 @dataclass
@@ -163,6 +164,8 @@ def train_grpo(
     world = world or World()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device,
+                                                               model.config.hidden_size))
     pad_id = tokenizer.pad_token_id
     if cfg.kl_coef > 0 and reference is None:
         reference = copy.deepcopy(model)

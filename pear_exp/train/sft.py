@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -52,7 +53,7 @@ from pear_exp.losses import weighted_nll_sum
 from pear_exp.packing import Packed, padding_free
 from pear_exp.policy import TokenLogProbs
 from pear_exp.train.distributed import World
-from pear_exp.train.loop import FiniteGuard, autocast, start_loop
+from pear_exp.train.loop import FiniteGuard, autocast, resolve_precision, start_loop
 from pear_exp.weighting import (
     IW_SFT_CLIPS, dft_weights, iw_sft_weights, pear_weights, pear_weights_with_stats,
 )
@@ -136,6 +137,8 @@ def _train(model, rows, cfg: SFTConfig, weighting: WeightingConfig, *, pad_id, s
     iw_clip = tuple(weighting.iw_clip or IW_SFT_CLIPS["token" if iw_per_token else "sequence"])
     model.train()
     device = next(model.parameters()).device
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device,
+                                                               model.config.hidden_size))
     loop = start_loop(model, cfg, world, total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
                       checkpoint_dir=checkpoint_dir)
     policy, start = loop.policy, loop.start
