@@ -262,3 +262,25 @@ def test_scoring_runs_in_micro_batches_within_the_token_budget(model, tokenizer,
     for row in rows:
         torch.testing.assert_close(torch.tensor(row["behavior_logprobs"]),
                                    teacher_forced(model, row, 0.8), atol=1e-4, rtol=1e-4)
+
+
+def test_vllm_scores_only_at_temperature_1(model, tokenizer, tmp_path, monkeypatch):
+    """rollout=vllm scores a dataset through the engine at behavior.temperature 1 and through the
+    teacher's transformers forward otherwise (vLLM's prompt log-probs are of temperature 1)."""
+    import types
+
+    from pear_exp.config import Engine, RolloutConfig
+
+    model.save_pretrained(tmp_path)
+    started = []
+    monkeypatch.setattr(behavior, "make_engine", lambda *a, **k: started.append(k) or "engine")
+    for temperature, expected in ((1.0, "engine"), (0.7, type(model))):
+        cfg = types.SimpleNamespace(
+            rollout=RolloutConfig(engine=Engine.vllm), seed=0,
+            teacher=types.SimpleNamespace(dtype="float32", trust_remote_code=False),
+            behavior=BehaviorConfig(source=BehaviorSource.dataset, temperature=temperature,
+                                    top_k=3))
+        scorer = behavior.scorer_for(cfg, str(tmp_path), tokenizer)
+        assert scorer == "engine" if expected == "engine" else isinstance(scorer, expected)
+    assert started == [dict(policy=False, seed=0, max_logprobs=3,
+                            prefill_chunk=behavior.SCORE_TOKENS_VLLM)]

@@ -5,12 +5,15 @@ rows, 512-token generations) run the same probe from the command line:
 
     python tests/test_real_vocab_memory.py score 8 4096
     python tests/test_real_vocab_memory.py generate 16 512
+    python tests/test_real_vocab_memory.py score-vllm 2 4096     # needs vLLM
 """
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 151_936
@@ -33,9 +36,11 @@ def probe(kind: str, rows: int, length: int) -> dict:
     from pear_exp.stages import behavior
 
     torch.manual_seed(0)
+    heads = 1 if kind == "score-vllm" else 2  # vLLM's CPU attention takes head_dim 64, not 32
     model = Qwen2ForCausalLM(Qwen2Config(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2 * length + 64,
+        num_attention_heads=heads, num_key_value_heads=heads,
+        max_position_embeddings=2 * length + 64,
         tie_word_embeddings=True)).eval()
     if kind == "score":  # a character tokenizer: its ids are valid ids of the large vocabulary
         tok = build_char_tokenizer()
@@ -47,6 +52,20 @@ def probe(kind: str, rows: int, length: int) -> dict:
         out, _ = behavior.score_dataset(model, tok, tok, str(path), cfg, 512, None,
                                         eval_problems=[])
         tokens = sum(len(r["input_ids"]) for r in out)
+    elif kind == "score-vllm":  # the engine-only score path, prompts run 512 tokens a step
+        from pear_exp.rollout.vllm import VLLMEngine
+
+        tok = build_char_tokenizer()
+        path = Path(tempfile.mkdtemp())
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        engine = VLLMEngine(str(path), tok, max_model_len=length + 8, prefill_chunk=512,
+                            kv_cache_memory_bytes=256 << 20)
+        del model
+        sequences = [[3 + (i + t) % 90 for t in range(length)] for i in range(rows)]
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out = engine.score(sequences, [1] * rows)
+        tokens = sum(len(logprobs) + 1 for logprobs, _, _ in out)
     else:
         engine = HFEngine(model, types.SimpleNamespace(pad_token_id=0), batch_size=rows)
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -68,6 +87,15 @@ def test_teacher_forced_scoring_never_holds_the_whole_logits():
     assert result["tokens"] > 2 * 1024
     full = 2 * 1024 * VOCAB * 4 / 2**20  # (2, 1024, vocab) float32 logits: 1187 MiB
     assert result["extra_mib"] < full / 2, result
+
+
+@pytest.mark.vllm
+def test_vllm_scoring_never_holds_a_whole_rows_log_probs():
+    pytest.importorskip("vllm")
+    result = peak_extra("score-vllm", 2, 4096)
+    assert result["tokens"] == 2 * 4096
+    row = 4096 * VOCAB * 4 / 2**20  # one row's (4096, vocab) float32 log-probs: 2374 MiB
+    assert result["extra_mib"] < row / 2, result  # 512-token steps: 297 MiB a block
 
 
 def test_hf_generation_never_holds_every_steps_scores():

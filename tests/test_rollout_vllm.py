@@ -124,3 +124,29 @@ def test_sampled_topk_match_teacher_forced_topk(engine, model, tokenizer):
             torch.testing.assert_close(torch.from_numpy(c.top_logprobs),
                                        scored.topk_logprobs[0, -n:], atol=ATOL, rtol=ATOL)
             assert c.top_ids.tolist() == scored.topk_ids[0, -n:].tolist()
+
+
+def test_scoring_a_dataset_through_vllm_equals_the_hf_forward(engine, model, tokenizer, tmp_path):
+    """behavior.source=dataset scored by vLLM's prompt log-probs (temperature 1) against the hf
+    model's teacher-forced pass on the same rows: log-probs within ATOL, the same top-k ids."""
+    import json
+
+    from pear_exp.config import BehaviorConfig, BehaviorSource
+    from pear_exp.stages import behavior
+
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": f"Make {i} from 1 2 3 and more words",
+                                          "response": "1+2=3" * (i + 1)}) for i in range(5)))
+    cfg = BehaviorConfig(source=BehaviorSource.dataset, dataset=str(path), top_k=5)
+    by = {name: behavior.score_dataset(scorer, tokenizer, tokenizer, str(path), cfg, 2, None,
+                                       eval_problems=[])[0]
+          for name, scorer in (("vllm", engine), ("hf", model))}
+    for a, b in zip(by["vllm"], by["hf"]):
+        assert a["input_ids"] == b["input_ids"]
+        torch.testing.assert_close(torch.tensor(a["behavior_logprobs"]),
+                                   torch.tensor(b["behavior_logprobs"]), atol=ATOL, rtol=ATOL)
+        assert a["behavior_topk_ids"].tolist() == b["behavior_topk_ids"].tolist()
+        torch.testing.assert_close(torch.from_numpy(a["behavior_topk_logprobs"]),
+                                   torch.from_numpy(b["behavior_topk_logprobs"]),
+                                   atol=ATOL, rtol=ATOL)
+        assert a["behavior_topk_ids"].shape == (sum(a["loss_mask"]), 5)

@@ -157,6 +157,10 @@ class VLLMEngine:
         seed: int = 0,
         enforce_eager: bool | None = None,  # None: on CPU only (CUDA graphs on the GPU)
         max_logprobs: int = 0,  # the largest generate(top_k=...) this engine will serve
+        # score() only: prompts run through the engine at most this many tokens a step (chunked
+        # prefill), which bounds its (tokens, vocab) prompt log-prob block; a generating engine
+        # keeps None (on CPU a seeded request cannot be split over steps: see below)
+        prefill_chunk: int | None = None,
     ):
         # In-process engine (module docstring), except inside a multi-process training job:
         # vLLM would join the trainers' process group, so its engine core runs in a process of
@@ -179,7 +183,9 @@ class VLLMEngine:
         extra = {}
         if kv_cache_memory_bytes or on_cpu:  # on CPU a fixed size, not a share of the machine
             extra["kv_cache_memory_bytes"] = kv_cache_memory_bytes or (1 << 30)
-        if on_cpu:
+        if prefill_chunk:  # scoring: greedy, unseeded requests split over steps are fine
+            extra.update(enable_chunked_prefill=True, max_num_batched_tokens=prefill_chunk)
+        elif on_cpu:
             # A prefill split over steps rewinds a seeded request's generator, which CPU
             # generators cannot do (RuntimeError "CPU Generator does not use offset")...
             extra["enable_chunked_prefill"] = False
@@ -341,4 +347,45 @@ class VLLMEngine:
                     samples[-1].top_ids = top[..., 1].astype(np.int32)  # exact: ids < 2^53
                     samples[-1].top_logprobs = top[..., 2].astype(np.float32)
             results.append(samples)
+        return results
+
+    def score(self, sequences: list[list[int]], starts: list[int], *, top_k: int = 0,
+              desc: str = "score") -> list[tuple[np.ndarray, np.ndarray | None,
+                                                     np.ndarray | None]]:
+        """Teacher-forced log-probs of each sequence's tokens from position `starts[i]` on,
+        given the tokens before them, at temperature 1: vLLM's prompt log-probs, which are of
+        the raw distribution (neither temperature nor top-p applies to them). One (log-probs
+        (n,) float32, top-k ids (n, k) int32, top-k log-probs (n, k) float32) per sequence, the
+        top-k None unless top_k > 0 (the engine built with max_logprobs >= top_k). Build the
+        engine with prefill_chunk: vLLM then computes the log-probs at most that many positions
+        a step, so its (positions, vocab) block does not grow with the rows' length."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if not sequences:
+            return []
+        top_k = min(top_k, self.llm.llm_engine.model_config.get_vocab_size())
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k,
+                                detokenize=False)  # the one generated token is discarded
+        self._wake()
+        try:
+            outputs = self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
+                use_tqdm=lambda *a, **k: tqdm(*a, **{**k, "desc": desc, "leave": False}),
+            )
+        finally:
+            self._sleep()
+        results = []
+        for sequence, start, request in zip(sequences, starts, outputs):
+            steps = request.prompt_logprobs[start:]  # entry t: the dict of token t (0: None)
+            targets = sequence[start:]
+            logprobs = np.array([step[t].logprob for step, t in zip(steps, targets)],
+                                dtype=np.float32)
+            ids = values = None
+            if top_k:  # each dict holds the top-k by rank, plus the scored token
+                top = np.array([sorted((e.rank, t, e.logprob) for t, e in step.items()
+                                       if e.rank <= top_k) for step in steps],
+                               dtype=np.float64).reshape(len(targets), top_k, 3)
+                ids, values = top[..., 1].astype(np.int32), top[..., 2].astype(np.float32)
+            results.append((logprobs, ids, values))
         return results

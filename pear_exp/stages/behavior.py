@@ -9,9 +9,11 @@ Two sources (behavior.source):
   teacher in one teacher-forced pass at behavior.temperature. top_p < 1 is refused there: a
   response token outside the nucleus would have probability 0. Rows whose prompt holds the text of
   an evaluation problem are removed first (meta.json counts them as eval_removed), as the
-  training problems of the teacher path exclude them. The pass runs in micro-batches of at most
-  SCORE_TOKENS padded tokens, with log-probs taken from the hidden states SCORE_CHUNK positions
-  at a time, so memory does not grow with the vocabulary times the batch.
+  training problems of the teacher path exclude them. With rollout=vllm at behavior.temperature
+  1 the vLLM engine scores (its prompt log-probs, VLLMEngine.score; they are of temperature 1,
+  so other temperatures go through transformers). The transformers pass runs in micro-batches
+  of at most SCORE_TOKENS padded tokens, with log-probs taken from the hidden states SCORE_CHUNK
+  positions at a time, so memory does not grow with the vocabulary times the batch.
 
 Either way the stored token ids are the student's: the prompt goes through the student's chat
 template and the teacher must share the student's tokenizer (a mismatch is an error, never
@@ -58,6 +60,9 @@ console = Console()
 # (SCORE_CHUNK, vocab) float32 block: 156 MB at a 152k vocabulary).
 SCORE_TOKENS = 16_384
 SCORE_CHUNK = 256
+# vLLM scoring: prompt positions per engine step, each step holding a (positions, vocab) float32
+# log-prob block (1.2 GB at a 152k vocabulary).
+SCORE_TOKENS_VLLM = 2048
 
 
 def check_same_tokenizer(teacher_tok, student_tok) -> None:
@@ -126,9 +131,11 @@ def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorC
                   max_tokens: int = SCORE_TOKENS) -> tuple[list[dict], dict]:
     """Teacher-forced behavior log-probs for an existing prompt/response dataset.
 
+    `teacher`: a transformers model (a forward at behavior.temperature, at most batch_size rows
+    and max_tokens padded tokens a pass) or a rollout engine with `score` (vLLM's prompt
+    log-probs: temperature 1 only, which make_data checks).
     A row whose normalised prompt contains the text of one of `eval_problems` (problem_text) is
-    removed: exact copies, and the problem wrapped in other instructions. Forward passes take at
-    most batch_size rows and max_tokens padded tokens."""
+    removed: exact copies, and the problem wrapped in other instructions."""
     check_same_tokenizer(teacher_tok, student_tok)
     if cfg.top_p < 1.0:
         raise DataError("behavior.top_p < 1 cannot score existing data: tokens outside the "
@@ -152,27 +159,45 @@ def score_dataset(teacher, teacher_tok, student_tok, source: str, cfg: BehaviorC
         p = models.prompt_ids(student_tok, ex["prompt"], system_prompt)
         rows.append(example(str(ex.get("id", i)), ex["prompt"], ex["response"],
                             make_row(p, models.response_ids(student_tok, ex["response"]))))
+    if hasattr(teacher, "score"):
+        score_with_engine(teacher, rows, cfg.top_k)
+    else:
+        score_with_model(teacher, rows, cfg, batch_size, max_tokens, student_tok.pad_token_id)
+    return rows, {"samples": len(data), "kept": len(rows), "eval_removed": removed}
+
+
+def set_scores(row: dict, logprobs, top_ids=None, top_logprobs=None) -> None:
+    """A row's behavior log-probs from one value per response token (and its top-k arrays)."""
+    start = row["loss_mask"].index(1)
+    row["behavior_logprobs"] = [0.0] * start + [float(v) for v in logprobs]
+    if top_ids is not None:
+        row["behavior_topk_ids"], row["behavior_topk_logprobs"] = top_ids, top_logprobs
+
+
+def score_with_model(teacher, rows: list[dict], cfg: BehaviorConfig, batch_size: int,
+                     max_tokens: int, pad_id: int) -> None:
     teacher.eval()
     scorer = TokenLogProbs(teacher, chunk_size=SCORE_CHUNK)  # never (batch, seq, vocab) logits
     device = next(teacher.parameters()).device
     batches = list(token_budget_batches(rows, batch_size, max_tokens))
     for chunk in tqdm(batches, desc="behavior: teacher scoring", leave=False):
-        batch = collate(chunk, student_tok.pad_token_id)
+        batch = collate(chunk, pad_id)
         out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                      temperature=cfg.temperature, top_k=cfg.top_k)
-        logp = out.logprobs.cpu()
-        if cfg.top_k:
-            out = out._replace(topk_ids=out.topk_ids.cpu(), topk_logprobs=out.topk_logprobs.cpu())
         for k, row in enumerate(chunk):
-            n = len(row["input_ids"])
-            row["behavior_logprobs"] = [
-                float(v) if m else 0.0 for v, m in zip(logp[k, :n].tolist(), row["loss_mask"])
-            ]
-            if cfg.top_k:  # at the loss tokens' positions, as (tokens, k) arrays
-                on = torch.tensor(row["loss_mask"], dtype=torch.bool)
-                row["behavior_topk_ids"] = out.topk_ids[k, :n][on].to(torch.int32).numpy()
-                row["behavior_topk_logprobs"] = out.topk_logprobs[k, :n][on].numpy()
-    return rows, {"samples": len(data), "kept": len(rows), "eval_removed": removed}
+            on = torch.zeros(batch["input_ids"].shape[1], dtype=torch.bool)
+            on[: len(row["loss_mask"])] = torch.tensor(row["loss_mask"], dtype=torch.bool)
+            top = ((out.topk_ids[k, on].cpu().to(torch.int32).numpy(),
+                    out.topk_logprobs[k, on].cpu().numpy()) if cfg.top_k else ())
+            set_scores(row, out.logprobs[k, on].cpu().tolist(), *top)
+
+
+def score_with_engine(engine, rows: list[dict], top_k: int) -> None:
+    starts = [row["loss_mask"].index(1) for row in rows]
+    scores = engine.score([row["input_ids"] for row in rows], starts, top_k=top_k,
+                          desc="behavior: teacher scoring (vLLM)")
+    for row, (logprobs, top_ids, top_logprobs) in zip(rows, scores):
+        set_scores(row, logprobs, *((top_ids, top_logprobs) if top_k else ()))
 
 
 def features(with_topk: bool) -> Features:
@@ -237,6 +262,19 @@ def run(cfg: Config, out: Path, train_problems, eval_problems, task) -> None:
     shutil.copytree(shared, out, dirs_exist_ok=True)
 
 
+def scorer_for(cfg: Config, teacher_path: str, teacher_tok):
+    """What scores a dataset: the vLLM engine (rollout=vllm) when behavior.temperature is 1, the
+    teacher's transformers forward otherwise (vLLM's prompt log-probs ignore the temperature)."""
+    if cfg.rollout.engine == Engine.vllm and cfg.behavior.temperature == 1.0:
+        return make_engine(cfg.rollout, teacher_path, teacher_tok, policy=False, seed=cfg.seed,
+                           max_logprobs=cfg.behavior.top_k, prefill_chunk=SCORE_TOKENS_VLLM)
+    if cfg.rollout.engine == Engine.vllm:
+        console.print(f"behavior: scoring at behavior.temperature={cfg.behavior.temperature} "
+                      "with the teacher's transformers forward: vLLM's prompt log-probs are "
+                      "of temperature 1")
+    return models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
+
+
 def make_data(cfg: Config, out: Path, train_problems, eval_problems, task) -> None:
     teacher_path = tiny.resolve_path(cfg.teacher, cfg.task, cfg.cache_dir)
     teacher_tok = models.load_tokenizer(teacher_path, cfg.teacher)
@@ -255,9 +293,13 @@ def make_data(cfg: Config, out: Path, train_problems, eval_problems, task) -> No
     else:
         if not b.dataset:
             raise DataError("behavior.source=dataset needs behavior.dataset=<JSONL or id>")
-        teacher = models.load_model(teacher_path, cfg.teacher.dtype, cfg.teacher.trust_remote_code)
-        rows, stats = score_dataset(teacher, teacher_tok, student_tok, b.dataset, b,
-                                    cfg.rollout.batch_size, system, eval_problems=eval_problems)
+        teacher = scorer_for(cfg, teacher_path, teacher_tok)
+        try:
+            rows, stats = score_dataset(teacher, teacher_tok, student_tok, b.dataset, b,
+                                        cfg.rollout.batch_size, system,
+                                        eval_problems=eval_problems)
+        finally:
+            getattr(teacher, "close", lambda: None)()  # the vLLM engine's memory
     _, meta = finish(rows, stats, b, cfg.teacher.name, out)
     console.print(f"behavior: kept {meta['kept']} of {meta['samples']} examples"
                   + (f" (teacher accuracy {meta['teacher_accuracy']:.3f})"

@@ -42,7 +42,6 @@ then not comparable with the trainer's, so keep top_p = 1 when tis_cap is set.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import random
 import time
@@ -164,8 +163,6 @@ def train_grpo(
     world = world or World()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device,
-                                                               model.config.hidden_size))
     pad_id = tokenizer.pad_token_id
     if cfg.kl_coef > 0 and reference is None:
         reference = copy.deepcopy(model)
@@ -278,7 +275,8 @@ def update(loop: Loop, reference, batch: RolloutBatch, cfg: RLConfig, device, pa
     coef_by_row = aggregation_coefficients(full["loss_mask"], cfg.loss_aggregation.value,
                                            cfg.max_new_tokens)  # (rows, seq), over the whole step
     micro = micro_batches(batch.rows, batch.advantages, cfg.micro_batch_size, pad_id, world)
-    autocast_bf16 = autocast(device, cfg.precision)
+    autocast_bf16 = autocast(device, resolve_precision(cfg.precision, device,
+                                                       loop.model.config.hidden_size))
     for mb in micro:
         mb["coef"] = coef_by_row[mb["index"], : mb["input_ids"].shape[1]] * (not mb["dummy"])
         if cfg.epochs > 1 or reference is not None:

@@ -120,7 +120,7 @@ def resolve_precision(precision: Precision, device: torch.device, hidden_size: i
         chosen = Precision.bf16
     else:
         chosen = Precision.fp32
-    logger.info(f"precision auto: {chosen.value} ({device.type}, hidden size {hidden_size})")
+    logger.debug(f"precision auto: {chosen.value} ({device.type}, hidden size {hidden_size})")
     return chosen
 
 
