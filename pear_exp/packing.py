@@ -6,8 +6,9 @@ length by an order of magnitude. Here the model sees input_ids (1, T) with T the
 only, position_ids restarting at 0 on every row (rotary embeddings see what they would see
 unpacked) and attention restricted to each row's causal triangle:
 - CUDA: torch's flash-attention variable-length kernel (torch.nn.attention.varlen);
-- elsewhere: scaled_dot_product_attention once per row (the CPU has no varlen kernel; a
-  block-diagonal mask over the whole packed sequence would cost T^2 instead of sum of row^2).
+- elsewhere (and for float32 on CUDA, which flash attention does not take): one
+  scaled_dot_product_attention per row (the CPU has no varlen kernel; a block-diagonal mask
+  over the whole packed sequence would cost T^2 instead of the sum of row^2).
 Everything after the forward (PEAR weights, losses, statistics) works on the padded (rows, seq)
 layout, through `Packed.unpack`, so it is the same code on both paths and every weight is
 computed per original row.
@@ -83,7 +84,7 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
         raise NotImplementedError("padding-free SFT does not implement sliding-window attention; "
                                   "set sft.padding_free=false")
     gqa = query.shape[1] != key.shape[1]
-    if query.is_cuda:
+    if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16):  # flash: no fp32
         from torch.nn.attention.varlen import varlen_attn
 
         starts = torch.tensor(row_starts, dtype=torch.int32, device=query.device)
@@ -92,12 +93,17 @@ def varlen_attention(module, query, key, value, attention_mask, dropout: float =
         out = varlen_attn(q, k, v, starts, starts, longest, longest, scale=scaling,
                           window_size=(-1, 0), enable_gqa=gqa)
         return out[None], None
-    # split, not slices: the backward of one split is one concatenation, while each slice's
-    # backward would fill and add a whole (T, ...) gradient, rows x T work per layer
+    # One causal attention per row, in float32: under bf16 autocast the CPU's attention backward
+    # runs 5x slower in bf16 than in float32 (measured on the benchmark model), and attention is
+    # a small share of the FLOPs. split, not slices: the backward of one split is one
+    # concatenation, while each slice's backward would fill and add a whole (T, ...) gradient.
     lengths = [b - a for a, b in zip(row_starts, row_starts[1:])]
-    parts = [F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, enable_gqa=gqa)
-             for q, k, v in zip(*(t.split(lengths, dim=2) for t in (query, key, value)))]
-    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+    with torch.autocast(query.device.type, enabled=False):
+        parts = [F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
+                                                enable_gqa=gqa)
+                 for q, k, v in zip(*(t.float().split(lengths, dim=2)
+                                      for t in (query, key, value)))]
+    return torch.cat(parts, dim=2).transpose(1, 2).to(query.dtype).contiguous(), None
 
 
 AttentionInterface.register(ATTENTION, varlen_attention)
