@@ -370,6 +370,7 @@ class RLConfig:
     max_new_tokens: int = 48
     epochs: int = 1  # optimizer steps per rollout batch (> 1: off-policy, the clip matters)
     micro_batch_size: int = 256
+    padding_free: bool = True  # micro-batches' rows run end to end (as sft.padding_free)
     lr: float = 1e-4
     warmup_steps: int = 10
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])

@@ -41,6 +41,7 @@ then not comparable with the trainer's, so keep top_p = 1 when tis_cap is set.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -56,6 +57,7 @@ from pear_exp.config import ParallelStrategy, RLConfig
 from pear_exp.data import Row, collate, make_row
 from pear_exp.errors import RunStopped
 from pear_exp.losses import aggregation_coefficients, group_advantages, grpo_token_loss
+from pear_exp.packing import Packed, padding_free
 from pear_exp.models import end_of_turn_ids, prompt_ids
 from pear_exp.policy import TokenLogProbs
 from pear_exp.rollout import RolloutEngine, grade_finished
@@ -270,6 +272,15 @@ def update(loop: Loop, reference, batch: RolloutBatch, cfg: RLConfig, device, pa
     """`cfg.epochs` optimizer steps on one rollout batch; returns the update's diagnostics.
 
     reference: a TokenLogProbs module of the frozen initial policy, or None."""
+    with contextlib.ExitStack() as stack:
+        if cfg.padding_free:  # the trainer's forwards attend within rows (generation: sdpa)
+            for m in (loop.model, reference.model) if reference is not None else (loop.model,):
+                stack.enter_context(padding_free(m))
+        return _update(loop, reference, batch, cfg, device, pad_id, world, guard)
+
+
+def _update(loop: Loop, reference, batch: RolloutBatch, cfg: RLConfig, device, pad_id: int,
+            world: World, guard: FiniteGuard | None) -> dict[str, float]:
     policy = loop.policy
     full = collate(batch.rows, pad_id)
     coef_by_row = aggregation_coefficients(full["loss_mask"], cfg.loss_aggregation.value,
@@ -279,13 +290,15 @@ def update(loop: Loop, reference, batch: RolloutBatch, cfg: RLConfig, device, pa
                                                        loop.model.config.hidden_size))
     for mb in micro:
         mb["coef"] = coef_by_row[mb["index"], : mb["input_ids"].shape[1]] * (not mb["dummy"])
+        ids, attn = mb["input_ids"].to(device), mb["attention_mask"].to(device)
+        mb["packed"] = Packed.from_padded(ids, attn) if cfg.padding_free else None
         if cfg.epochs > 1 or reference is not None:
             with torch.no_grad(), autocast_bf16:
-                ids, attn = mb["input_ids"].to(device), mb["attention_mask"].to(device)
                 if cfg.epochs > 1:
-                    mb["old"] = policy(ids, attn, cfg.temperature)[0].cpu()
+                    mb["old"] = policy(ids, attn, cfg.temperature, packed=mb["packed"])[0].cpu()
                 if reference is not None:
-                    mb["ref"] = reference(ids, attn, cfg.temperature)[0].cpu()
+                    mb["ref"] = reference(ids, attn, cfg.temperature,
+                                          packed=mb["packed"])[0].cpu()
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
         sums = dict.fromkeys(("loss", "clipped", "kl", "tis", "entropy", "tokens"), 0.0)
@@ -294,7 +307,7 @@ def update(loop: Loop, reference, batch: RolloutBatch, cfg: RLConfig, device, pa
             with world.gradient_sync(policy, k == len(micro) - 1):
                 with autocast_bf16:
                     out = policy(dev["input_ids"], dev["attention_mask"], cfg.temperature,
-                                 entropy=True)
+                                 entropy=True, packed=mb["packed"])
                 logp, entropy = out.logprobs, out.entropy
                 old = dev["old"] if "old" in dev else logp.detach()
                 loss_tok, stats = grpo_token_loss(
