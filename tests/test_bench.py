@@ -38,5 +38,14 @@ def test_benchmark_measures_our_sft_and_trl_on_the_same_batches(tokenizer, tmp_p
     steps = s.rows // s.batch
     intervals, wall = bench.ours_sft(copy.deepcopy(model), rows, s, "block", tokenizer.pad_token_id)
     assert len(intervals) == steps - 1 and all(t > 0 for t in intervals) and wall > 0
+    intervals, _ = bench.ours_sft(copy.deepcopy(model), rows, s, "none", tokenizer.pad_token_id,
+                                  padding_free=False)
+    assert len(intervals) == steps - 1
     pytest.importorskip("trl")
-    assert len(bench.trl_sft(copy.deepcopy(model), rows, s, tokenizer, tmp_path)) == steps - 1
+    intervals, trl_steps = bench.trl_sft(copy.deepcopy(model), rows, s, tokenizer, tmp_path)
+    assert len(intervals) == steps - 1 and trl_steps == steps
+    intervals, packed_steps = bench.trl_sft(copy.deepcopy(model), rows, s, tokenizer, tmp_path,
+                                            packing=True)
+    assert len(intervals) == packed_steps - 1 and packed_steps >= 2
+    # TRL's padding-free collator keeps rows apart on sdpa (transformers' per-row mask)
+    assert bench.trl_rows_stay_apart(model, rows, tokenizer) < 1e-4

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import random
 import time
@@ -65,6 +66,8 @@ from pear_exp.rollout.sync import fingerprint_mismatch, sync_logprob_diff, train
 from pear_exp.tasks.base import Problem
 from pear_exp.train.distributed import World
 from pear_exp.train.loop import FiniteGuard, Loop, autocast, resolve_precision, start_loop
+
+logger = logging.getLogger(__name__)  # Hydra's job logging: the console and the run's log file
 
 
 @dataclass
@@ -165,6 +168,10 @@ def train_grpo(
     world = world or World()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
+    if world.is_main:
+        logger.info(f"rl: {resolve_precision(cfg.precision, device, model.config.hidden_size).value}"
+                    f" on {device.type}, " + ("padding-free" if cfg.padding_free else "padded")
+                    + " micro-batches")
     pad_id = tokenizer.pad_token_id
     if cfg.kl_coef > 0 and reference is None:
         reference = copy.deepcopy(model)

@@ -7,7 +7,6 @@ parts that are the same in both, so that a change to one (say, the schedule) rea
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,6 @@ from pear_exp.errors import NonFiniteError
 from pear_exp.policy import TokenLogProbs, decoder_layers
 from pear_exp.train import checkpoint
 from pear_exp.train.distributed import World, clip_grad_norm
-
-logger = logging.getLogger(__name__)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float) -> Callable[[int], float]:
@@ -120,7 +117,6 @@ def resolve_precision(precision: Precision, device: torch.device, hidden_size: i
         chosen = Precision.bf16
     else:
         chosen = Precision.fp32
-    logger.debug(f"precision auto: {chosen.value} ({device.type}, hidden size {hidden_size})")
     return chosen
 
 

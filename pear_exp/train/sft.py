@@ -139,6 +139,9 @@ def _train(model, rows, cfg: SFTConfig, weighting: WeightingConfig, *, pad_id, s
     device = next(model.parameters()).device
     cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device,
                                                                model.config.hidden_size))
+    if world.is_main:
+        logger.info(f"{desc}: {cfg.precision.value} on {device.type}, "
+                    + ("padding-free" if cfg.padding_free else "padded") + " micro-batches")
     loop = start_loop(model, cfg, world, total_steps=cfg.steps, min_lr_ratio=cfg.min_lr_ratio,
                       checkpoint_dir=checkpoint_dir)
     policy, start = loop.policy, loop.start
