@@ -302,7 +302,6 @@ class VLLMEngine:
         prompt i's sample k draws from the random stream _stream_seed(seed, i) + k.
         """
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         if not prompts:
             return []
@@ -323,14 +322,7 @@ class VLLMEngine:
             )
             for i in range(len(prompts))
         ]
-        self._wake()
-        try:
-            outputs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                use_tqdm=lambda *a, **k: tqdm(*a, **{**k, "desc": desc, "leave": False}),
-            )
-        finally:
-            self._sleep()
+        outputs = self._run(prompts, params, desc)
         results = []
         for request in outputs:  # in prompt order
             samples = []
@@ -340,12 +332,8 @@ class VLLMEngine:
                 ids = list(c.token_ids)
                 logprobs = [step[t].logprob for step, t in zip(c.logprobs, ids)]
                 samples.append(Completion(ids, logprobs, c.finish_reason))
-                if top_k:  # each step's dict holds the top-k by rank, plus the sampled token
-                    top = np.array([sorted((e.rank, t, e.logprob) for t, e in step.items()
-                                           if e.rank <= top_k) for step in c.logprobs],
-                                   dtype=np.float64).reshape(len(ids), top_k, 3)
-                    samples[-1].top_ids = top[..., 1].astype(np.int32)  # exact: ids < 2^53
-                    samples[-1].top_logprobs = top[..., 2].astype(np.float32)
+                if top_k:
+                    samples[-1].top_ids, samples[-1].top_logprobs = _topk(c.logprobs, top_k)
             results.append(samples)
         return results
 
@@ -360,32 +348,39 @@ class VLLMEngine:
         engine with prefill_chunk: vLLM then computes the log-probs at most that many positions
         a step, so its (positions, vocab) block does not grow with the rows' length."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
         if not sequences:
             return []
         top_k = min(top_k, self.llm.llm_engine.model_config.get_vocab_size())
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=top_k,
                                 detokenize=False)  # the one generated token is discarded
-        self._wake()
-        try:
-            outputs = self.llm.generate(
-                [TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params,
-                use_tqdm=lambda *a, **k: tqdm(*a, **{**k, "desc": desc, "leave": False}),
-            )
-        finally:
-            self._sleep()
+        outputs = self._run(sequences, params, desc)
         results = []
         for sequence, start, request in zip(sequences, starts, outputs):
             steps = request.prompt_logprobs[start:]  # entry t: the dict of token t (0: None)
             targets = sequence[start:]
             logprobs = np.array([step[t].logprob for step, t in zip(steps, targets)],
                                 dtype=np.float32)
-            ids = values = None
-            if top_k:  # each dict holds the top-k by rank, plus the scored token
-                top = np.array([sorted((e.rank, t, e.logprob) for t, e in step.items()
-                                       if e.rank <= top_k) for step in steps],
-                               dtype=np.float64).reshape(len(targets), top_k, 3)
-                ids, values = top[..., 1].astype(np.int32), top[..., 2].astype(np.float32)
-            results.append((logprobs, ids, values))
+            results.append((logprobs, *(_topk(steps, top_k) if top_k else (None, None))))
         return results
+
+    def _run(self, prompts: list[list[int]], params, desc: str):
+        """llm.generate on token-id prompts (awake for the call), its outputs in prompt order."""
+        from vllm.inputs import TokensPrompt
+
+        self._wake()
+        try:
+            return self.llm.generate(
+                [TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
+                use_tqdm=lambda *a, **k: tqdm(*a, **{**k, "desc": desc, "leave": False}),
+            )
+        finally:
+            self._sleep()
+
+
+def _topk(steps, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, k) int32 ids and float32 log-probs from vLLM's per-token dicts, each holding the
+    top-k by rank (plus the sampled or scored token, whatever its rank)."""
+    top = np.array([sorted((e.rank, t, e.logprob) for t, e in step.items() if e.rank <= k)
+                    for step in steps], dtype=np.float64).reshape(len(steps), k, 3)
+    return top[..., 1].astype(np.int32), top[..., 2].astype(np.float32)  # exact: ids < 2^53
