@@ -71,8 +71,9 @@ def test_preset_end_to_end_on_standins(experiment, cache, tmp_path):
         f"model.path={standin_dir(student, cache)}", f"teacher.path={standin_dir(teacher, cache)}",
         "behavior.source=dataset", f"behavior.dataset={DATA / 'check_sft.jsonl'}",
         "behavior.top_p=1.0",  # scoring existing data needs the full distribution
-        # noise models learn the answer format in a dozen steps; one micro-batch per step
-        "sft.lr=5e-3", "sft.steps=12", "sft.micro_batch_size=8", "rl.micro_batch_size=16",
+        # noise models learn the answer format in 20 steps (12 left aime_qwen2_5's padding-free
+        # student at NLL 1.29 writing "\\boxed{" only: every reward 0, no update; 20: 0.40)
+        "sft.lr=5e-3", "sft.steps=20", "sft.micro_batch_size=8", "rl.micro_batch_size=16",
         "rl.lr=1e-4", "rl.group_size=8",  # 8 groups of 8: some with both rewards
         # noise until then: the base checkpoint writes every generation to its cap
         "rl.max_new_tokens=32", "evaluate.max_new_tokens=32", "evaluate.num_samples=2",
@@ -88,7 +89,7 @@ def test_preset_end_to_end_on_standins(experiment, cache, tmp_path):
     meta = json.loads((hf_dir / "behavior" / "meta.json").read_text())
     assert meta["kept"] == meta["samples"] == 64 and meta["source"] == "dataset"
     sft = records(hf_dir, "sft")
-    assert len(sft) == 12 and sft[-1]["sft/nll"] < 0.5 * sft[0]["sft/nll"]  # it learned
+    assert len(sft) == 20 and sft[-1]["sft/nll"] < 0.5 * sft[0]["sft/nll"]  # it learned
     assert set(json.loads((hf_dir / "summary.json").read_text())) == {"base", "sft", "rl"}
     rl = records(hf_dir, "rl")
     assert len(rl) == 2
