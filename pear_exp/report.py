@@ -11,7 +11,12 @@ t, seeds - 1 degrees of freedom), and, where weighting.level or sft.base_loss is
 point's paired difference from plain SFT (level none and base loss nll, the other axes equal)
 over the seeds both ran; where both are axes, also kl minus nll at the same weighting. Jobs
 without a summary (failed or unfinished) are listed, not silently dropped.
-Writes report.md, post_sft_vs_post_rl.png and rl_reward.png into --out.
+With 3 or more sweep points it also asks whether offline and online rankings agree: Kendall's
+tau and Spearman's rho between each SFT-time quantity (post-SFT pass@1, greedy, pass@k and maj@k
+at the largest k, response length, no-answer fraction) and post-RL pass@1 across the points,
+within each seed, then mean ± 95% t-interval over seeds; and every pair of points whose order
+after SFT is the opposite of its order after RL, with both paired differences.
+Writes report.md, post_sft_vs_post_rl.png, rl_reward.png and rank_sft_vs_rl.png into --out.
 """
 
 from __future__ import annotations
@@ -168,6 +173,128 @@ def paired_differences(jobs: list[dict], metrics: list[str],
     return "\n".join([header, "|" + "---|" * (header.count("|") - 1), *lines]), stats
 
 
+# SFT-time quantities the rank analysis tries as predictors of the post-RL metric, where the
+# summaries hold them (pass@{k_max} and maj@{k_max} are added at the sweep's largest k)
+PREDICTORS = ("pass@1", "greedy", "response_length", "no_answer_frac")
+
+
+def correlations(x: list[float], y: list[float]) -> tuple[float, float]:
+    """(Kendall's tau-b, Spearman's rho) of two paired lists; nan when either is constant or
+    there are fewer than 3 pairs."""
+    from scipy.stats import kendalltau, spearmanr
+
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return float("nan"), float("nan")
+    return float(kendalltau(x, y).statistic), float(spearmanr(x, y).statistic)
+
+
+def per_seed(jobs: list[dict], x_key: tuple[str, str], y_key: tuple[str, str]
+             ) -> dict[int, tuple[list, list, list]]:
+    """seed -> (points, x values, y values) over the sweep points that ran that seed and hold
+    both (checkpoint, metric) values."""
+    out: dict[int, tuple[list, list, list]] = {}
+    for job in sorted(jobs, key=lambda j: point_order(j["point"])):
+        (cx, mx), (cy, my) = x_key, y_key
+        summary = job["summary"]
+        if mx in summary.get(cx, {}) and my in summary.get(cy, {}):
+            points, xs, ys = out.setdefault(job["seed"], ([], [], []))
+            points.append(job["point"])
+            xs.append(summary[cx][mx])
+            ys.append(summary[cy][my])
+    return out
+
+
+def rank_agreement(jobs: list[dict], metric: str, predictors: list[str]) -> tuple[str, dict]:
+    """Do the sweep points rank the same after SFT as after RL? Kendall's tau and Spearman's
+    rho between the post-SFT and post-RL `metric` across the points, computed within each seed
+    and summarised over seeds (mean ± 95% t-interval), and over the seed means; then each SFT-
+    time predictor's correlation with post-RL `metric`. Returns markdown (empty with fewer than
+    3 points) and {predictor: (tau mean, tau half, rho mean, rho half, seeds)}."""
+    if len({j["point"] for j in jobs}) < 3:
+        return "", {}
+    rows, stats = [], {}
+    for predictor in predictors:
+        seeds = per_seed(jobs, ("sft", predictor), ("rl", metric))
+        found = [correlations(xs, ys) for _, xs, ys in seeds.values()]
+        found = [(t, r) for t, r in found if not math.isnan(t)]
+        if not found:
+            continue
+        tau, tau_half = mean_ci95([t for t, _ in found], student_t=True)
+        rho, rho_half = mean_ci95([r for _, r in found], student_t=True)
+        stats[predictor] = (tau, tau_half, rho, rho_half, len(found))
+        fmt = lambda m, h: f"{m:+.2f}" + ("" if math.isnan(h) else f" ± {h:.2f}")  # noqa: E731
+        rows.append(f"| sft {predictor} | {len(found)} | {fmt(tau, tau_half)} | "
+                    f"{fmt(rho, rho_half)} |")
+    if not rows:
+        return "", {}
+    header = [f"| predictor of rl {metric} | seeds | Kendall tau | Spearman rho |",
+              "|---|---|---|---|"]
+    return "\n".join(header + rows), stats
+
+
+def reversals(jobs: list[dict], metric: str) -> list[str]:
+    """Pairs of sweep points whose order after SFT is the opposite of their order after RL (by
+    the mean over the seeds both ran), each with both paired differences (mean ± 95% t): a
+    reversal is called clear when both intervals exclude 0."""
+    runs = {(j["point"], j["seed"]): j["summary"] for j in jobs}
+    points = sorted({j["point"] for j in jobs}, key=point_order)
+    found = []
+    for i, a in enumerate(points):
+        for b in points[i + 1:]:
+            seeds = [s for p, s in runs if p == a and (b, s) in runs
+                     and all(c in runs[(q, s)] for q in (a, b) for c in ("sft", "rl"))]
+            if not seeds:
+                continue
+            sft = mean_ci95([runs[(a, s)]["sft"][metric] - runs[(b, s)]["sft"][metric]
+                             for s in seeds], student_t=True)
+            rl = mean_ci95([runs[(a, s)]["rl"][metric] - runs[(b, s)]["rl"][metric]
+                            for s in seeds], student_t=True)
+            if sft[0] * rl[0] >= 0 or min(abs(sft[0]), abs(rl[0])) < 1e-9:  # same order, tie
+                continue
+            clear = all(abs(m) > h for m, h in (sft, rl))  # nan half-width: never clear
+            first, second = (a, b) if sft[0] > 0 else (b, a)
+            sign = 1 if first == a else -1
+            diff = lambda m: f"{round(sign * m, 3) + 0.0:+.3f}"  # noqa: E731 (no "-0.000")
+            found.append(f"- {label(first)} is ahead of {label(second)} after SFT "
+                         f"({diff(sft[0])} ± {sft[1]:.3f}) and behind after RL "
+                         f"({diff(rl[0])} ± {rl[1]:.3f}); {len(seeds)} seeds"
+                         + ("; clear (both intervals exclude 0)" if clear else ""))
+    return found
+
+
+def rank_plot(jobs: list[dict], stats: dict, metric: str, out: Path) -> str | None:
+    """rank_sft_vs_rl.png: each sweep point's rank by mean post-SFT `metric` (left) joined to
+    its rank by mean post-RL `metric` (right); crossing lines are reversals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [p for p in sorted({j["point"] for j in jobs}, key=point_order)
+              if not any(math.isnan(stats.get((p, c, metric), (float("nan"),))[0])
+                         for c in ("sft", "rl"))]
+    if len(points) < 2:
+        return None
+    rank = {c: {p: r for r, p in enumerate(sorted(points, key=lambda p: -stats[(p, c, metric)][0]),
+                                          start=1)} for c in ("sft", "rl")}
+    fig, ax = plt.subplots(figsize=(6, max(3, 0.45 * len(points) + 1)))
+    for p in points:
+        ax.plot([0, 1], [rank["sft"][p], rank["rl"][p]], marker="o")
+        ax.annotate(f"{label(p)} {stats[(p, 'sft', metric)][0]:.3f}", (0, rank["sft"][p]),
+                    xytext=(-8, 0), textcoords="offset points", ha="right", va="center")
+        ax.annotate(f"{stats[(p, 'rl', metric)][0]:.3f} {label(p)}", (1, rank["rl"][p]),
+                    xytext=(8, 0), textcoords="offset points", ha="left", va="center")
+    ax.set_xlim(-0.9, 1.9)
+    ax.set_ylim(len(points) + 0.5, 0.5)
+    ax.set_xticks([0, 1], [f"after SFT", f"after RL"])
+    ax.set_yticks(range(1, len(points) + 1))
+    ax.set_ylabel(f"rank by mean {metric} (1 = best)")
+    fig.tight_layout()
+    fig.savefig(out / "rank_sft_vs_rl.png", dpi=120)
+    plt.close(fig)
+    return "rank_sft_vs_rl.png"
+
+
 def plots(jobs: list[dict], stats: dict, metric: str, out: Path) -> list[str]:
     import matplotlib
 
@@ -229,6 +356,11 @@ def report(sweep: Path, out: Path) -> str:
     if BASE_LOSS in axes and len(axes) > 1:
         by_base_loss, _ = paired_differences(jobs, metrics, {BASE_LOSS: PLAIN_SFT[BASE_LOSS]})
     images = plots(jobs, stats, "pass@1", out)
+    predictors = [m for m in dict.fromkeys((*PREDICTORS, f"pass@{k_max}", f"maj@{k_max}"))
+                  if m in first]
+    agreement, _ = rank_agreement(jobs, "pass@1", predictors)
+    reversed_pairs = reversals(jobs, "pass@1") if agreement else []
+    rank_image = rank_plot(jobs, stats, "pass@1", out) if agreement else None
     lines = [f"# Sweep report: {sweep}", "",
              f"{len(jobs)} finished jobs; sweep axes: {', '.join(axes) or 'none'}; mean over "
              "seeds ± 95% t-interval half-width (Student's t, seeds - 1 degrees of freedom).",
@@ -240,6 +372,17 @@ def report(sweep: Path, out: Path) -> str:
     if by_base_loss:
         lines += [f"Paired differences between base losses ({BASE_LOSS}=kl minus nll, the other "
                   "axes equal); mean ± 95% t-interval:", "", by_base_loss, ""]
+    if agreement:
+        lines += ["Offline against online ranking: each SFT-time quantity's rank correlation "
+                  "with post-RL pass@1 across the sweep points, within each seed, then mean ± "
+                  "95% t-interval over the seeds (the first row: do the points rank the same "
+                  "after SFT as after RL?):", "", agreement, ""]
+        lines += (["Ranking reversals (order after SFT opposite to order after RL, by means "
+                   "over shared seeds; paired differences first minus second):", "",
+                   *reversed_pairs, ""] if reversed_pairs
+                  else ["No pair of sweep points changes order between SFT and RL.", ""])
+    if rank_image:
+        images.append(rank_image)
     if failed:
         lines += ["Jobs without results (failed or unfinished):", ""]
         lines += [f"- {job}" for job in failed] + [""]

@@ -124,3 +124,41 @@ def test_two_by_two_multirun_and_report(tmp_path):
                            student_t=True)
     assert "| block - none | 2 |" in markdown
     assert f"{round(mean, 3) + 0.0:+.3f} ± {half:.3f}" in markdown
+
+
+def rank_jobs():
+    """4 weightings x 2 seeds. Seed 0: SFT pass@1 ranks none > token > block > sequence, RL
+    ranks the exact reverse; seed 1: the same SFT values, RL in the SFT order."""
+    sft = {"none": 0.4, "token": 0.3, "block": 0.2, "sequence": 0.1}
+    rl = {0: {"none": 0.1, "token": 0.2, "block": 0.3, "sequence": 0.4},
+          1: {"none": 0.8, "token": 0.7, "block": 0.6, "sequence": 0.5}}
+    return jobs_of(*[({"weighting.level": lv}, seed,
+                      {"sft": {"pass@1": sft[lv], "greedy": 0.5},
+                       "rl": {"pass@1": rl[seed][lv]}})
+                     for seed in (0, 1) for lv in sft])
+
+
+def test_rank_agreement_within_seeds_then_over_seeds():
+    from pear_exp.report import rank_agreement
+
+    markdown, stats = rank_agreement(rank_jobs(), "pass@1", ["pass@1", "greedy"])
+    # seed 0: fully reversed (tau = rho = -1); seed 1: identical order (+1): mean 0, and the
+    # t-interval of (-1, +1) is 12.706 * sqrt(2) / sqrt(2) = 12.706
+    tau, tau_half, rho, rho_half, seeds = stats["pass@1"]
+    assert (tau, rho, seeds) == (0.0, 0.0, 2)
+    assert tau_half == pytest.approx(12.706, abs=1e-3) and rho_half == pytest.approx(12.706,
+                                                                                  abs=1e-3)
+    assert "greedy" not in stats  # constant after SFT: no ranking to correlate
+    assert "| sft pass@1 | 2 | +0.00 ± 12.71 | +0.00 ± 12.71 |" in markdown
+
+
+def test_reversals_are_named_with_both_paired_differences():
+    from pear_exp.report import reversals
+
+    jobs = [j for j in rank_jobs() if j["seed"] == 0]  # one seed: every pair reverses
+    found = reversals(jobs, "pass@1")
+    assert len(found) == 6  # C(4, 2) pairs
+    assert found[0] == ("- none is ahead of token after SFT (+0.100 ± nan) and behind after RL "
+                        "(-0.100 ± nan); 1 seeds")
+    both = rank_jobs()  # seed 1 agrees with SFT: the RL means tie, so no pair reverses
+    assert reversals(both, "pass@1") == []
