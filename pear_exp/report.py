@@ -286,7 +286,7 @@ def rank_plot(jobs: list[dict], stats: dict, metric: str, out: Path) -> str | No
                     xytext=(8, 0), textcoords="offset points", ha="left", va="center")
     ax.set_xlim(-0.9, 1.9)
     ax.set_ylim(len(points) + 0.5, 0.5)
-    ax.set_xticks([0, 1], [f"after SFT", f"after RL"])
+    ax.set_xticks([0, 1], ["after SFT", "after RL"])
     ax.set_yticks(range(1, len(points) + 1))
     ax.set_ylabel(f"rank by mean {metric} (1 = best)")
     fig.tight_layout()
