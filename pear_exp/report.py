@@ -13,7 +13,8 @@ over the seeds both ran; where both are axes, also kl minus nll at the same weig
 without a summary (failed or unfinished) are listed, not silently dropped.
 With 3 or more sweep points it also asks whether offline and online rankings agree: Kendall's
 tau and Spearman's rho between each SFT-time quantity (post-SFT pass@1, greedy, pass@k and maj@k
-at the largest k, response length, no-answer fraction) and post-RL pass@1 across the points,
+at the largest k, the NLL of its own samples = their per-token entropy estimate, response
+length, no-answer fraction) and post-RL pass@1 across the points,
 within each seed, then mean ± 95% t-interval over seeds; and every pair of points whose order
 after SFT is the opposite of its order after RL, with both paired differences.
 Writes report.md, post_sft_vs_post_rl.png, rl_reward.png and rank_sft_vs_rl.png into --out.
@@ -175,7 +176,7 @@ def paired_differences(jobs: list[dict], metrics: list[str],
 
 # SFT-time quantities the rank analysis tries as predictors of the post-RL metric, where the
 # summaries hold them (pass@{k_max} and maj@{k_max} are added at the sweep's largest k)
-PREDICTORS = ("pass@1", "greedy", "response_length", "no_answer_frac")
+PREDICTORS = ("pass@1", "greedy", "sample_nll", "response_length", "no_answer_frac")
 
 
 def correlations(x: list[float], y: list[float]) -> tuple[float, float]:

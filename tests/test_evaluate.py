@@ -18,10 +18,10 @@ class ScriptedEngine:
 
     def completion(self, text):
         ids = self.tok.encode(text, add_special_tokens=False)
-        if text in self.truncated:
-            return Completion(ids, [0.0] * len(ids), "length")
+        if text in self.truncated:  # log-probs summing to -1 per completion
+            return Completion(ids, [-1 / len(ids)] * len(ids), "length")
         eot = self.tok.convert_tokens_to_ids("<|im_end|>")
-        return Completion(ids + [eot], [0.0] * (len(ids) + 1), "stop")
+        return Completion(ids + [eot], [-1 / (len(ids) + 1)] * (len(ids) + 1), "stop")
 
     def generate(self, prompts, *, n, temperature, **kwargs):
         if temperature == 0:
@@ -82,6 +82,10 @@ def test_evaluate_model_hand_computed(tokenizer):
     assert summary["maj@1"] == pytest.approx(0.5)  # first samples: right, wrong
     assert summary["greedy"] == pytest.approx(0.5)
     assert summary["no_answer_frac"] == pytest.approx(2 / 8)
+    # 8 sampled completions, each summing to log-prob -1: 8 / (their tokens), counted here from
+    # the texts (+1 end-of-turn token for the 7 that stopped)
+    tokens = sum(len(tokenizer.encode(t, add_special_tokens=False)) for s in sampled for t in s)
+    assert summary["sample_nll"] == pytest.approx(8 / (tokens + 7))
 
 
 def test_a_missing_sample_is_an_error(tokenizer):

@@ -149,6 +149,11 @@ def evaluate_model(engine: RolloutEngine, tokenizer, problems: list[Problem], ta
     if greedy is not None:
         summary["greedy"], summary["greedy_ci95"] = mean_ci95([r["greedy_correct"] for r in rows])
     summary["response_length"] = sum(r["mean_length"] for r in rows) / max(len(rows), 1)
+    # -log p of the sampled tokens under the distribution that sampled them, per token: a
+    # Monte-Carlo estimate of the sampling policy's per-token entropy at evaluate.temperature
+    # (what RL explores with); an SFT-time predictor in the sweep report
+    tokens = sum(len(c.logprobs) for c in flat)
+    summary["sample_nll"] = -sum(sum(c.logprobs) for c in flat) / max(tokens, 1)
     return summary, rows
 
 
