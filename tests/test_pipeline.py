@@ -39,6 +39,11 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     assert [r["step"] for r in rl_records] == [1, 2, 3]
     assert rl_records[0]["rl/sync_logprob_diff_max"] < 1e-3  # the hf engine: probed once
     assert [r["step"] for r in records if r["stage"] == "rl_eval"] == [3]
+    # every checkpoint's evaluation also on a checkpoint axis (0 base, 1 sft, 2 rl)
+    evals = {r["step"]: r for r in records if r["stage"] == "eval"}
+    assert sorted(evals) == [0, 1, 2]
+    for step, label in enumerate(("base", "sft", "rl")):
+        assert evals[step]["eval/countdown/pass@1"] == summary[label]["pass@1"]
     assert "held-out accuracy" in first.stdout
     # the tiny models were built into the cache, once
     assert len(list((tmp_path / "cache" / "tiny").iterdir())) == 2

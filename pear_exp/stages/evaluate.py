@@ -166,6 +166,9 @@ def save(summary: dict, rows: list[dict], out_dir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the stage
+CHECKPOINT_STEP = {"base": 0, "sft": 1, "rl": 2}  # the checkpoint axis of the eval/* charts
+
+
 def run(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
         checkpoints: dict[str, str]) -> dict[str, dict]:
     """Evaluate each checkpoint ({label: path}) into out/<label>/ (one engine each; a checkpoint
@@ -185,6 +188,10 @@ def run(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
                                            label=label)
         save(summary, rows, target)
         tracker.summary({f"eval/{cfg.task.name}/{label}/{k}": v for k, v in summary.items()})
+        # the same numbers on a checkpoint axis (0 base, 1 sft, 2 rl): W&B draws one chart per
+        # metric in which every run of a sweep group is a line across its checkpoints
+        tracker.log("eval", {f"{cfg.task.name}/{k}": v for k, v in summary.items()
+                             if not k.endswith("_ci95")}, CHECKPOINT_STEP[label])
         tracker.table(f"eval/{cfg.task.name}/{label}/problems", rows)
         results[label] = summary
     ks = ks_up_to(cfg.evaluate.num_samples)
