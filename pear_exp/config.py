@@ -356,6 +356,10 @@ class SFTConfig:
     max_seq_len: int = 256  # longer examples are an error, not silently truncated
     log_every: int = 10
     checkpoint_every: int = 100  # optimizer steps between resumable checkpoints (0: none)
+    # also keep the model after these optimizer steps (< steps): RL and evaluation run from each
+    # as well, so SFT strength is a sweep axis without re-training the prefix (sft.steps in the
+    # report); the learning-rate schedule is the full run's
+    keep_steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -456,6 +460,10 @@ class Config:
     plan: bool = False
 
     def __post_init__(self):
+        bad = [k for k in self.sft.keep_steps if not 0 < k < self.sft.steps]
+        if bad:
+            raise ConfigValueError(f"sft.keep_steps {bad}: each must be an optimizer step "
+                                   f"between 1 and sft.steps - 1 = {self.sft.steps - 1}")
         budget = self.sft.micro_batch_tokens
         if self.sft.padding_free and 0 < budget < self.sft.max_seq_len:
             raise ConfigValueError(

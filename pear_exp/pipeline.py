@@ -4,7 +4,9 @@ directory and writing its own (each stage's whole job is in pear_exp/stages/<sta
     <run_dir>/behavior/data, meta.json, DONE      offline data with behavior log-probs (a copy
                                                   of <cache_dir>/behavior/<key> when reused)
     <run_dir>/sft/model/, checkpoints/, DONE      the SFT checkpoint (save_pretrained)
+    <run_dir>/sft/step-<k>/model/                 the model after SFT step k (sft.keep_steps)
     <run_dir>/rl/model/, checkpoints/, DONE       GRPO from the SFT checkpoint
+    <run_dir>/rl/from-step-<k>/model/, ..., DONE  the same GRPO from the model after SFT step k
     <run_dir>/evaluate/<checkpoint>/results.json, problems.jsonl; evaluate/DONE
     <run_dir>/metrics.jsonl, summary.json, config.yaml
 
@@ -74,9 +76,21 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
             sft.run(cfg, run_dir / "sft", run_dir / "behavior", tracker, world)
             if world.is_main:
                 mark_done(run_dir / "sft")
+        kept = cfg.sft.keep_steps if done(run_dir / "sft") else []
         if pending(Stage.rl):
             start = str(run_dir / "sft" / "model") if done(run_dir / "sft") else student()
             rl.run(cfg, run_dir / "rl", start, train_problems, eval_problems, task, tracker, world)
+            for k in kept:  # the identical RL from each kept SFT model
+                out = run_dir / "rl" / f"from-step-{k}"
+                if not sft.kept_model(run_dir / "sft", k).exists():
+                    raise FileNotFoundError(
+                        f"no model kept after SFT step {k} in {run_dir / 'sft'}: sft.keep_steps "
+                        "was set after the SFT stage ran; use a new run directory")
+                if not world.broadcast(done(out)):
+                    rl.run(cfg, out, str(sft.kept_model(run_dir / "sft", k)), train_problems,
+                           eval_problems, task, tracker, world, name=f"rl@{k}")
+                    if world.is_main:
+                        mark_done(out)
             if world.is_main:
                 mark_done(run_dir / "rl")
         if Stage.evaluate in cfg.stages and world.is_main:
@@ -84,6 +98,10 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
             for stage in ("sft", "rl"):
                 if done(run_dir / stage):
                     checkpoints[stage] = str(run_dir / stage / "model")
+            for k in kept:  # labels sft@k, rl@k
+                checkpoints[f"sft@{k}"] = str(sft.kept_model(run_dir / "sft", k))
+                if done(run_dir / "rl" / f"from-step-{k}"):
+                    checkpoints[f"rl@{k}"] = str(run_dir / "rl" / f"from-step-{k}" / "model")
             results = evaluate.run(cfg, run_dir / "evaluate", eval_problems, task, tracker,
                                    checkpoints)
             (run_dir / "summary.json").write_text(json.dumps(results, indent=2))

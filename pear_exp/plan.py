@@ -304,9 +304,11 @@ def data_rows(cfg: Config) -> list[tuple[str, str, str]]:
         seqs = s.steps * s.batch_size
         out.append(("sft sequences", f"{s.steps:,} steps x {s.batch_size} = {seqs:,}",
                     _tokens(seqs, s.max_seq_len, "trained")))
+    starts = 1 + len(s.keep_steps) if Stage.sft in stages else 1  # RL from each kept model
     if Stage.rl in stages:
-        rollouts = rl.steps * rl.prompts_per_step * rl.group_size
-        out.append(("rl rollouts", f"{rl.steps:,} steps x {rl.prompts_per_step} prompts x "
+        rollouts = starts * rl.steps * rl.prompts_per_step * rl.group_size
+        out.append(("rl rollouts", (f"{starts} runs x " if starts > 1 else "")
+                    + f"{rl.steps:,} steps x {rl.prompts_per_step} prompts x "
                     f"{rl.group_size} = {rollouts:,}",
                     _tokens(rollouts, rl.max_new_tokens, "generated")))
         if rl.eval_every > 0:
@@ -314,7 +316,7 @@ def data_rows(cfg: Config) -> list[tuple[str, str, str]]:
             out.append(("rl held-out evals", f"{evals} x {rl.eval_problems} problems", ""))
     if Stage.evaluate in stages:
         problems = eval_set_size(cfg)
-        checkpoints = 1 + (Stage.sft in stages) + (Stage.rl in stages)
+        checkpoints = 1 + starts * ((Stage.sft in stages) + (Stage.rl in stages))
         per = problems * e.num_samples if problems is not None else None
         count = (f"{problems} problems x {e.num_samples} samples x {checkpoints} checkpoints"
                  if problems is not None else f"? problems x {e.num_samples} samples")

@@ -10,7 +10,9 @@ checkpoint (sft, rl) and metric it reports the mean over seeds with a 95% t-inte
 t, seeds - 1 degrees of freedom), and, where weighting.level or sft.base_loss is an axis, each
 point's paired difference from plain SFT (level none and base loss nll, the other axes equal)
 over the seeds both ran; where both are axes, also kl minus nll at the same weighting. Jobs
-without a summary (failed or unfinished) are listed, not silently dropped.
+without a summary (failed or unfinished) are listed, not silently dropped. A run with
+sft.keep_steps counts as one more job per kept model (sft.steps = that step, its own RL), so SFT
+strength is an axis like any other.
 With 3 or more sweep points it also asks whether offline and online rankings agree: Kendall's
 tau and Spearman's rho between each SFT-time quantity (post-SFT pass@1, greedy, pass@k and maj@k
 at the largest k, the NLL of its own samples = their per-token entropy estimate, response
@@ -34,6 +36,7 @@ from pear_exp.config import OPERATIONAL_KEYS, BaseLoss, WeightLevel
 from pear_exp.metrics import mean_ci95
 
 LEVEL = "weighting.level"
+KEEP_STEPS = "sft.keep_steps"  # bookkeeping: each kept model becomes a point at its sft.steps
 BASE_LOSS = "sft.base_loss"
 LEVEL_ORDER = {level.value: i for i, level in enumerate(WeightLevel)}
 BASELINE = WeightLevel.none.value
@@ -59,7 +62,7 @@ def sweep_axes(jobs: list[dict]) -> list[str]:
     keys = sorted({k for job in jobs for k in job["config"]}, key=lambda k: (k != LEVEL, k))
     axes: list[str] = []
     for key in keys:
-        if key == "seed" or key.split(".")[0] in OPERATIONAL_KEYS:
+        if key in ("seed", KEEP_STEPS) or key.split(".")[0] in OPERATIONAL_KEYS:
             continue
         values = [job["config"].get(key) for job in jobs]
         if len(set(values)) < 2:
@@ -91,16 +94,28 @@ def load_jobs(sweep: Path) -> tuple[list[dict], list[Path]]:
         if not (job / "summary.json").exists():
             failed.append(job)
             continue
-        rewards: dict[int, float] = {}
+        rewards: dict[str, dict[int, float]] = defaultdict(dict)  # rl, rl@k: step -> reward
         if (job / "metrics.jsonl").exists():
             for line in (job / "metrics.jsonl").read_text().splitlines():
                 record = json.loads(line)
-                if record["stage"] == "rl":
-                    rewards[record["step"]] = record["rl/reward_mean"]
-        jobs.append({"dir": job, "config": flatten(cfg), "seed": cfg["seed"],
-                     "level": cfg["weighting"]["level"],
-                     "summary": json.loads((job / "summary.json").read_text()),
-                     "rewards": rewards})
+                stage = record["stage"]
+                if stage == "rl" or (stage.startswith("rl@") and not stage.endswith("_eval")):
+                    rewards[stage][record["step"]] = record[f"{stage}/reward_mean"]
+        summary = json.loads((job / "summary.json").read_text())
+        config = flatten(cfg)
+        main = {"dir": job, "config": config, "seed": cfg["seed"],
+                "level": cfg["weighting"]["level"],
+                "summary": {c: summary[c] for c in ("base", "sft", "rl") if c in summary},
+                "rewards": rewards["rl"]}
+        jobs.append(main)
+        for k in cfg.get("sft", {}).get("keep_steps") or []:  # one more point per kept model
+            if f"sft@{k}" in summary:
+                kept = {"sft": summary[f"sft@{k}"], **({"base": summary["base"]}
+                                                       if "base" in summary else {})}
+                if f"rl@{k}" in summary:
+                    kept["rl"] = summary[f"rl@{k}"]
+                jobs.append({**main, "config": {**config, "sft.steps": str(k)},
+                             "summary": kept, "rewards": rewards[f"rl@{k}"]})
     axes = sweep_axes(jobs)
     for job in jobs:  # the job's sweep point: its value on every axis
         job["point"] = tuple((axis, job["config"].get(axis, "")) for axis in axes)

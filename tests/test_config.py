@@ -207,3 +207,8 @@ def test_gpu_presets_share_a_base_and_switch_engines():
     assert hf.rollout.engine.value == "hf" and hf.sft.max_seq_len == 9216
     experiments = (CONF_DIR / "experiment").glob("*.yaml")
     assert all(len(p.read_text().splitlines()) <= 40 for p in experiments)
+
+
+def test_kept_sft_steps_and_the_token_budget_are_checked(tmp_path):
+    assert "between 1 and sft.steps - 1 = 599" in refused(tmp_path, "sft.keep_steps=[100,600]")
+    assert "a row of that length would not fit" in refused(tmp_path, "sft.micro_batch_tokens=100")

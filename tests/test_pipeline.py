@@ -18,7 +18,8 @@ def run_cli(args, cache, cwd):
 
 def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     run_dir = tmp_path / "run"
-    args = ["+experiment=smoke", "logger=none", f"run_dir={run_dir}", "weighting=token"]
+    args = ["+experiment=smoke", "logger=none", f"run_dir={run_dir}", "weighting=token",
+            "sft.keep_steps=[2]"]
     first = run_cli(args, tmp_path / "cache", tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     data = load_from_disk(str(run_dir / "behavior" / "data"))
@@ -26,9 +27,13 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     assert len(data) == meta["kept"] == meta["samples"] == 64 * 2  # keep_only_correct=false
     assert (run_dir / "sft" / "model" / "model.safetensors").exists()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert set(summary) == {"base", "sft", "rl"}
+    # sft.keep_steps=[2]: the model after SFT step 2, the same RL from it, both evaluated
+    assert set(summary) == {"base", "sft", "rl", "sft@2", "rl@2"}
     assert (run_dir / "rl" / "model" / "model.safetensors").exists()
-    for label in ("base", "sft", "rl"):
+    assert (run_dir / "sft" / "step-2" / "model" / "model.safetensors").exists()
+    assert (run_dir / "rl" / "from-step-2" / "DONE").exists()
+    assert summary["sft@2"] != summary["sft"]  # 2 of 6 SFT steps: another model
+    for label in ("base", "sft", "rl", "sft@2", "rl@2"):
         assert 0.0 <= summary[label]["pass@1"] <= summary[label]["pass@2"] <= 1.0
         assert len((run_dir / "evaluate" / label / "problems.jsonl").read_text().splitlines()) == 16
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -37,6 +42,7 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     assert all("sft/weight_ess" in r and "sft/loss" in r for r in sft_records)
     rl_records = [r for r in records if r["stage"] == "rl"]
     assert [r["step"] for r in rl_records] == [1, 2, 3]
+    assert [r["step"] for r in records if r["stage"] == "rl@2"] == [1, 2, 3]  # the same RL
     assert rl_records[0]["rl/sync_logprob_diff_max"] < 1e-3  # the hf engine: probed once
     assert [r["step"] for r in records if r["stage"] == "rl_eval"] == [3]
     # every checkpoint's evaluation also on a checkpoint axis (0 base, 1 sft, 2 rl)
@@ -44,6 +50,13 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     assert sorted(evals) == [0, 1, 2]
     for step, label in enumerate(("base", "sft", "rl")):
         assert evals[step]["eval/countdown/pass@1"] == summary[label]["pass@1"]
+    kept = {r["step"]: r for r in records if r["stage"] == "eval@2"}
+    assert kept[2]["eval@2/countdown/pass@1"] == summary["rl@2"]["pass@1"]
+    # the report counts the kept model as a point of its own at sft.steps = 2
+    from pear_exp.report import load_jobs
+    jobs, _ = load_jobs(run_dir)
+    assert [(j["point"], j["summary"]["rl"]) for j in jobs] == [
+        ((("sft.steps", "6"),), summary["rl"]), ((("sft.steps", "2"),), summary["rl@2"])]
     assert "held-out accuracy" in first.stdout
     # the tiny models were built into the cache, once
     assert len(list((tmp_path / "cache" / "tiny").iterdir())) == 2

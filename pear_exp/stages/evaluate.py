@@ -190,8 +190,10 @@ def run(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
         tracker.summary({f"eval/{cfg.task.name}/{label}/{k}": v for k, v in summary.items()})
         # the same numbers on a checkpoint axis (0 base, 1 sft, 2 rl): W&B draws one chart per
         # metric in which every run of a sweep group is a line across its checkpoints
-        tracker.log("eval", {f"{cfg.task.name}/{k}": v for k, v in summary.items()
-                             if not k.endswith("_ci95")}, CHECKPOINT_STEP[label])
+        checkpoint, _, kept = label.partition("@")  # sft@k, rl@k: their own eval@k charts
+        tracker.log("eval" + (f"@{kept}" if kept else ""),
+                    {f"{cfg.task.name}/{k}": v for k, v in summary.items()
+                     if not k.endswith("_ci95")}, CHECKPOINT_STEP[checkpoint])
         tracker.table(f"eval/{cfg.task.name}/{label}/problems", rows)
         results[label] = summary
     ks = ks_up_to(cfg.evaluate.num_samples)

@@ -20,7 +20,9 @@ from pear_exp.train.grpo import train_grpo
 
 
 def run(cfg: Config, out: Path, start: str, train_problems, eval_problems, task,
-        tracker: Tracker, world: World) -> None:
+        tracker: Tracker, world: World, name: str = "rl") -> None:
+    """GRPO from the checkpoint at `start` into `out`, logged as stage `name` (rl@k: the run
+    from the model kept after SFT step k)."""
     def load():
         return models.load_model(start, cfg.model.dtype, cfg.model.trust_remote_code)
 
@@ -40,15 +42,16 @@ def run(cfg: Config, out: Path, start: str, train_problems, eval_problems, task,
                                              system_prompt=cfg.task.system_prompt,
                                              seed=cfg.seed, label=f"rl step {step}")
         metrics = {k: summary[k] for k in ("greedy", "pass@1", "pass@4")}
-        tracker.log("rl_eval", metrics, step)
+        tracker.log(f"{name}_eval", metrics, step)
         return metrics
 
     reference = load() if cfg.rl.kl_coef > 0 else None  # the SFT policy, also when resuming
     try:
         train_grpo(model, tokenizer, engine, train_problems, task, cfg.rl, seed=cfg.seed,
                    system_prompt=cfg.task.system_prompt, sync_tolerance=cfg.rollout.sync_tolerance,
-                   log=lambda m, step: tracker.log("rl", m, step), evaluate=evaluate_now,
-                   log_samples=lambda rows, step: tracker.table(f"rl/samples_step_{step}", rows),
+                   log=lambda m, step: tracker.log(name, m, step), evaluate=evaluate_now,
+                   log_samples=lambda rows, step: tracker.table(f"{name}/samples_step_{step}",
+                                                                rows),
                    checkpoint_dir=out / "checkpoints", reference=reference, world=world,
                    engine_model=engine_model)
     finally:  # its memory back before saving and evaluating, also when RL stops

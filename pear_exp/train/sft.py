@@ -87,8 +87,10 @@ def train_sft(
     checkpoint_dir: Path | None = None,
     world: World | None = None,
     reference=None,
+    snapshot: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Train `model` in place for cfg.steps optimizer steps; returns the last logged metrics.
+    `snapshot(step)` is called on every rank after each optimizer step in cfg.keep_steps.
 
     With checkpoint_dir, a checkpoint is written every cfg.checkpoint_every steps and training
     resumes from the latest one found there (same batches, same optimizer and RNG states).
@@ -125,11 +127,12 @@ def train_sft(
             for m in (model, reference) if reference is not None else (model,):
                 stack.enter_context(padding_free(m))
         return _train(model, rows, cfg, weighting, pad_id=pad_id, seed=seed, log=log, desc=desc,
-                      checkpoint_dir=checkpoint_dir, world=world, reference=reference)
+                      checkpoint_dir=checkpoint_dir, world=world, reference=reference,
+                      snapshot=snapshot)
 
 
 def _train(model, rows, cfg: SFTConfig, weighting: WeightingConfig, *, pad_id, seed, log, desc,
-           checkpoint_dir, world: World, reference) -> dict[str, float]:
+           checkpoint_dir, world: World, reference, snapshot) -> dict[str, float]:
     distill = cfg.base_loss == BaseLoss.kl
     if reference is not None:
         reference = TokenLogProbs(reference.eval().requires_grad_(False), cfg.logprob_chunk_size)
@@ -255,6 +258,8 @@ def _train(model, rows, cfg: SFTConfig, weighting: WeightingConfig, *, pad_id, s
             log(metrics, step + 1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}")
             window = {"tokens": 0, "seconds": 0.0}
+        if snapshot is not None and step + 1 in cfg.keep_steps:  # before the checkpoint: a
+            snapshot(step + 1)  # resume from it never skips a snapshot
         if checkpoint_dir and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             loop.save(checkpoint_dir, step + 1, world)
     loop.close()
