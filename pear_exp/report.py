@@ -15,8 +15,9 @@ sft.keep_steps counts as one more job per kept model (sft.steps = that step, its
 strength is an axis like any other.
 With 3 or more sweep points it also asks whether offline and online rankings agree: Kendall's
 tau and Spearman's rho between each SFT-time quantity (post-SFT pass@1, greedy, pass@k and maj@k
-at the largest k, the NLL of its own samples = their per-token entropy estimate, response
-length, no-answer fraction) and post-RL pass@1 across the points,
+at the largest k, the NLL of its own samples = their per-token entropy estimate, the training
+NLL of the teacher data and PEAR's mean log-ratio at its last SFT log, response length,
+no-answer fraction) and post-RL pass@1 across the points,
 within each seed, then mean ± 95% t-interval over seeds; and every pair of points whose order
 after SFT is the opposite of its order after RL, with both paired differences.
 Writes report.md, post_sft_vs_post_rl.png, rl_reward.png and rank_sft_vs_rl.png into --out.
@@ -95,13 +96,17 @@ def load_jobs(sweep: Path) -> tuple[list[dict], list[Path]]:
             failed.append(job)
             continue
         rewards: dict[str, dict[int, float]] = defaultdict(dict)  # rl, rl@k: step -> reward
+        sft_logs: dict[int, dict] = {}  # step -> the SFT metrics logged there
         if (job / "metrics.jsonl").exists():
             for line in (job / "metrics.jsonl").read_text().splitlines():
                 record = json.loads(line)
                 stage = record["stage"]
                 if stage == "rl" or (stage.startswith("rl@") and not stage.endswith("_eval")):
                     rewards[stage][record["step"]] = record[f"{stage}/reward_mean"]
+                elif stage == "sft":
+                    sft_logs[record["step"]] = record
         summary = json.loads((job / "summary.json").read_text())
+        add_training_predictors(summary, sft_logs, cfg.get("sft", {}).get("steps"))
         config = flatten(cfg)
         main = {"dir": job, "config": config, "seed": cfg["seed"],
                 "level": cfg["weighting"]["level"],
@@ -120,6 +125,20 @@ def load_jobs(sweep: Path) -> tuple[list[dict], list[Path]]:
     for job in jobs:  # the job's sweep point: its value on every axis
         job["point"] = tuple((axis, job["config"].get(axis, "")) for axis in axes)
     return jobs, failed
+
+
+def add_training_predictors(summary: dict, sft_logs: dict[int, dict], steps: int | None) -> None:
+    """Into each SFT checkpoint's summary (sft, sft@k), from the SFT log at the last logged step
+    at or before it: train_nll (NLL of the teacher data it trains on, per loss token) and, for
+    PEAR weightings, delta_mean (mean log-ratio log pi_theta - log pi_b over loss tokens)."""
+    for label, at in [("sft", steps), *((c, int(c[4:])) for c in summary if c.startswith("sft@"))]:
+        logged = [s for s in sft_logs if at is None or s <= at]
+        if label not in summary or not logged:
+            continue
+        record = sft_logs[max(logged)]
+        for name, key in (("train_nll", "sft/nll"), ("delta_mean", "sft/delta_mean")):
+            if key in record:
+                summary[label][name] = record[key]
 
 
 def table(jobs: list[dict], metrics: list[str]) -> tuple[str, dict]:
@@ -191,7 +210,8 @@ def paired_differences(jobs: list[dict], metrics: list[str],
 
 # SFT-time quantities the rank analysis tries as predictors of the post-RL metric, where the
 # summaries hold them (pass@{k_max} and maj@{k_max} are added at the sweep's largest k)
-PREDICTORS = ("pass@1", "greedy", "sample_nll", "response_length", "no_answer_frac")
+PREDICTORS = ("pass@1", "greedy", "sample_nll", "train_nll", "delta_mean", "response_length",
+              "no_answer_frac")
 
 
 def correlations(x: list[float], y: list[float]) -> tuple[float, float]:
@@ -270,7 +290,7 @@ def reversals(jobs: list[dict], metric: str) -> list[str]:
             clear = all(abs(m) > h for m, h in (sft, rl))  # nan half-width: never clear
             first, second = (a, b) if sft[0] > 0 else (b, a)
             sign = 1 if first == a else -1
-            diff = lambda m: f"{round(sign * m, 3) + 0.0:+.3f}"  # noqa: E731 (no "-0.000")
+            diff = lambda m: f"{sign * m:+.3f}"  # noqa: E731 (a sign that matters: "-0.000")
             found.append(f"- {label(first)} is ahead of {label(second)} after SFT "
                          f"({diff(sft[0])} ± {sft[1]:.3f}) and behind after RL "
                          f"({diff(rl[0])} ± {rl[1]:.3f}); {len(seeds)} seeds"
@@ -373,7 +393,7 @@ def report(sweep: Path, out: Path) -> str:
         by_base_loss, _ = paired_differences(jobs, metrics, {BASE_LOSS: PLAIN_SFT[BASE_LOSS]})
     images = plots(jobs, stats, "pass@1", out)
     predictors = [m for m in dict.fromkeys((*PREDICTORS, f"pass@{k_max}", f"maj@{k_max}"))
-                  if m in first]
+                  if any(m in j["summary"].get("sft", {}) for j in jobs)]
     agreement, _ = rank_agreement(jobs, "pass@1", predictors)
     reversed_pairs = reversals(jobs, "pass@1") if agreement else []
     rank_image = rank_plot(jobs, stats, "pass@1", out) if agreement else None

@@ -162,3 +162,15 @@ def test_reversals_are_named_with_both_paired_differences():
                         "(-0.100 ± nan); 1 seeds")
     both = rank_jobs()  # seed 1 agrees with SFT: the RL means tie, so no pair reverses
     assert reversals(both, "pass@1") == []
+
+
+def test_training_predictors_come_from_the_last_sft_log_at_or_before_each_checkpoint():
+    from pear_exp.report import add_training_predictors
+
+    summary = {"base": {}, "sft": {"pass@1": 0.5}, "sft@4": {"pass@1": 0.3}, "rl": {}}
+    logs = {2: {"sft/nll": 2.0, "sft/delta_mean": -0.2}, 5: {"sft/nll": 1.5},
+            6: {"sft/nll": 1.0, "sft/delta_mean": 0.1}}
+    add_training_predictors(summary, logs, steps=6)
+    assert summary["sft"] == {"pass@1": 0.5, "train_nll": 1.0, "delta_mean": 0.1}
+    assert summary["sft@4"] == {"pass@1": 0.3, "train_nll": 2.0, "delta_mean": -0.2}  # step 2
+    assert summary["base"] == {} and summary["rl"] == {}
