@@ -58,8 +58,8 @@ from pear_exp.config import ParallelStrategy, RLConfig
 from pear_exp.data import Row, collate, make_row
 from pear_exp.errors import RunStopped
 from pear_exp.losses import aggregation_coefficients, group_advantages, grpo_token_loss
-from pear_exp.packing import Packed, padding_free
 from pear_exp.models import end_of_turn_ids, prompt_ids
+from pear_exp.packing import Packed, padding_free
 from pear_exp.policy import TokenLogProbs
 from pear_exp.rollout import RolloutEngine, grade_finished
 from pear_exp.rollout.sync import fingerprint_mismatch, sync_logprob_diff, trainer_fingerprint
