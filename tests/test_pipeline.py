@@ -121,8 +121,8 @@ def test_evaluate_any_checkpoint_on_a_math_set(tmp_path, tokenizer):
                       "evaluate.num_samples=2", "evaluate.max_new_tokens=8", "logger=none",
                       f"run_dir={run_dir}"], tmp_path / "cache", tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in run_dir.iterdir()) == [
-        "config.yaml", "evaluate", "summary.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [  # metrics.jsonl: the eval record
+        "config.yaml", "evaluate", "metrics.jsonl", "summary.json"]
     rows = (run_dir / "evaluate" / "base" / "problems.jsonl").read_text().splitlines()
     assert len(rows) == 30 and all(json.loads(r)["n"] == 2 for r in rows)
     summary = json.loads((run_dir / "summary.json").read_text())["base"]
