@@ -39,7 +39,7 @@ test-slow: ## the end-to-end tests that take minutes (sweeps, the full default r
 test-real: ## every preset end to end on random-init stand-ins of its models, hf and vLLM (~14 min)
 	$(PY) -m pytest -q -m real_shape
 
-bench: ## performance against TRL and the machine's matmul peak (installs the bench extra, TRL; ~4 min idle)
+bench: ## performance against TRL and the machine's matmul peak (installs the bench extra, TRL; ~9 min idle)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) experiments/benchmarks/bench.py --markdown experiments/benchmarks/results.md
 
