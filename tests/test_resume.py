@@ -76,4 +76,4 @@ def test_kill_during_sft_and_rl_then_resume_matches_an_uninterrupted_run(tmp_pat
     assert json.loads((whole / "summary.json").read_text()) == json.loads(
         (resumed / "summary.json").read_text())
     assert final_records(whole) == final_records(resumed)
-    assert set(final_records(whole)) == {"sft", "rl", "rl_eval"}
+    assert set(final_records(whole)) == {"sft", "rl", "rl_eval", "eval"}
