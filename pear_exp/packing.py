@@ -45,7 +45,7 @@ class Packed:
         real = attention_mask.bool()
         lengths = real.sum(1)
         positions = real.long().cumsum(1) - 1
-        slot = (real.flatten().long().cumsum(0) - 1).view_as(real).clamp(min=0)
+        slot = (real.flatten().long().cumsum(0) - 1).view_as(real)
         keep = real & (positions > 0)
         starts = F.pad(lengths.cumsum(0), (1, 0))
         return cls(input_ids[real][None], positions[real][None], tuple(starts.tolist()),
@@ -57,8 +57,7 @@ class Packed:
 
     def unpack(self, packed: torch.Tensor) -> torch.Tensor:
         """A per-position output (1, T, ...) of the packed forward in the padded layout (rows,
-        seq, ...),
-        0 on pad slots and at each row's position 0, as the padded forward gives them."""
+        seq, ...): 0 on pad slots and at each row's position 0, as the padded forward gives."""
         values = packed[0][self.slot]  # (rows, seq, ...)
         keep = self.keep.view(*self.keep.shape, *(1,) * (values.dim() - 2))
         return torch.where(keep, values, torch.zeros((), dtype=values.dtype))
@@ -111,12 +110,15 @@ AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # unpacked calls build sd
 
 
 @contextlib.contextmanager
-def padding_free(model):
-    """The model attends with varlen_attention inside the block (its own implementation back
-    after it); unpacked forwards (generation in between) behave as sdpa."""
-    before = model.config._attn_implementation
-    model.set_attn_implementation(ATTENTION)
+def padding_free(*models):
+    """The models (None: skipped) attend with varlen_attention inside the block (each its own
+    implementation back after it); unpacked forwards (generation in between) behave as sdpa."""
+    models = [m for m in models if m is not None]
+    before = [m.config._attn_implementation for m in models]
+    for m in models:
+        m.set_attn_implementation(ATTENTION)
     try:
         yield
     finally:
-        model.set_attn_implementation(before)
+        for m, implementation in zip(models, before):
+            m.set_attn_implementation(implementation)

@@ -81,14 +81,15 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
             start = str(run_dir / "sft" / "model") if done(run_dir / "sft") else student()
             rl.run(cfg, run_dir / "rl", start, train_problems, eval_problems, task, tracker, world)
             for k in kept:  # the identical RL from each kept SFT model
-                out = run_dir / "rl" / f"from-step-{k}"
-                if not sft.kept_model(run_dir / "sft", k).exists():
+                out = rl.from_kept(run_dir / "rl", k)
+                kept_start = sft.kept_model(run_dir / "sft", k)
+                if not kept_start.exists():
                     raise FileNotFoundError(
                         f"no model kept after SFT step {k} in {run_dir / 'sft'}: sft.keep_steps "
                         "was set after the SFT stage ran; use a new run directory")
                 if not world.broadcast(done(out)):
-                    rl.run(cfg, out, str(sft.kept_model(run_dir / "sft", k)), train_problems,
-                           eval_problems, task, tracker, world, name=f"rl@{k}")
+                    rl.run(cfg, out, str(kept_start), train_problems, eval_problems, task,
+                           tracker, world, name=f"rl@{k}")
                     if world.is_main:
                         mark_done(out)
             if world.is_main:
@@ -100,8 +101,8 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
                     checkpoints[stage] = str(run_dir / stage / "model")
             for k in kept:  # labels sft@k, rl@k
                 checkpoints[f"sft@{k}"] = str(sft.kept_model(run_dir / "sft", k))
-                if done(run_dir / "rl" / f"from-step-{k}"):
-                    checkpoints[f"rl@{k}"] = str(run_dir / "rl" / f"from-step-{k}" / "model")
+                if done(rl.from_kept(run_dir / "rl", k)):
+                    checkpoints[f"rl@{k}"] = str(rl.from_kept(run_dir / "rl", k) / "model")
             results = evaluate.run(cfg, run_dir / "evaluate", eval_problems, task, tracker,
                                    checkpoints)
             (run_dir / "summary.json").write_text(json.dumps(results, indent=2))

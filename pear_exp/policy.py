@@ -54,10 +54,11 @@ class TokenLogProbs(torch.nn.Module):
                 kl_topk=None, kl_reference=None, packed: Packed | None = None) -> Forward:
         if packed is not None:
             kl_topk = None if kl_topk is None else tuple(packed.pack(t) for t in kl_topk)
-            out = self._forward(packed.input_ids, packed.model_inputs(), temperature,
-                                target_temperature, entropy, top_k, kl_topk, kl_reference)
+            out = self._forward(packed.input_ids, model_inputs(input_ids, attention_mask, packed),
+                                temperature, target_temperature, entropy, top_k, kl_topk,
+                                kl_reference)
             return Forward(*(None if t is None else packed.unpack(t) for t in out))
-        return self._forward(input_ids, {"input_ids": input_ids, "attention_mask": attention_mask},
+        return self._forward(input_ids, model_inputs(input_ids, attention_mask, None),
                              temperature, target_temperature, entropy, top_k, kl_topk, kl_reference)
 
     def _forward(self, input_ids, inputs: dict, temperature, target_temperature, entropy, top_k,
@@ -107,12 +108,18 @@ class TokenLogProbs(torch.nn.Module):
         hidden), LM-head weight (vocab, hidden)); with `packed`, in the packed layout (1, T, ...)
         that the other's packed forward works in. Not for a wrapped model: DDP / FSDP see only
         `forward`."""
-        inputs = (packed.model_inputs() if packed is not None
-                  else {"input_ids": input_ids, "attention_mask": attention_mask})
+        inputs = model_inputs(input_ids, attention_mask, packed)
         if not chunk_size:
             return self.model(**inputs).logits
         hidden = self.model.base_model(**inputs).last_hidden_state
         return hidden, self.model.get_output_embeddings().weight
+
+
+def model_inputs(input_ids, attention_mask, packed: Packed | None) -> dict:
+    """The causal LM's forward arguments: the padded batch's, or its packed form's."""
+    if packed is not None:
+        return packed.model_inputs()
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:

@@ -225,16 +225,15 @@ def correlations(x: list[float], y: list[float]) -> tuple[float, float]:
 
 
 def per_seed(jobs: list[dict], x_key: tuple[str, str], y_key: tuple[str, str]
-             ) -> dict[int, tuple[list, list, list]]:
-    """seed -> (points, x values, y values) over the sweep points that ran that seed and hold
-    both (checkpoint, metric) values."""
-    out: dict[int, tuple[list, list, list]] = {}
+             ) -> dict[int, tuple[list, list]]:
+    """seed -> (x values, y values) over the sweep points (in point order) that ran that seed
+    and hold both (checkpoint, metric) values."""
+    out: dict[int, tuple[list, list]] = {}
     for job in sorted(jobs, key=lambda j: point_order(j["point"])):
         (cx, mx), (cy, my) = x_key, y_key
         summary = job["summary"]
         if mx in summary.get(cx, {}) and my in summary.get(cy, {}):
-            points, xs, ys = out.setdefault(job["seed"], ([], [], []))
-            points.append(job["point"])
+            xs, ys = out.setdefault(job["seed"], ([], []))
             xs.append(summary[cx][mx])
             ys.append(summary[cy][my])
     return out
@@ -251,7 +250,7 @@ def rank_agreement(jobs: list[dict], metric: str, predictors: list[str]) -> tupl
     rows, stats = [], {}
     for predictor in predictors:
         seeds = per_seed(jobs, ("sft", predictor), ("rl", metric))
-        found = [correlations(xs, ys) for _, xs, ys in seeds.values()]
+        found = [correlations(xs, ys) for xs, ys in seeds.values()]
         found = [(t, r) for t, r in found if not math.isnan(t)]
         if not found:
             continue

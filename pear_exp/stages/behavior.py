@@ -184,12 +184,13 @@ def score_with_model(teacher, rows: list[dict], cfg: BehaviorConfig, batch_size:
         batch = collate(chunk, pad_id)
         out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                      temperature=cfg.temperature, top_k=cfg.top_k)
+        logp = out.logprobs.cpu()  # one transfer per batch
+        top_ids, top_logp = ((out.topk_ids.cpu().to(torch.int32), out.topk_logprobs.cpu())
+                             if cfg.top_k else (None, None))
         for k, row in enumerate(chunk):
-            on = torch.zeros(batch["input_ids"].shape[1], dtype=torch.bool)
-            on[: len(row["loss_mask"])] = torch.tensor(row["loss_mask"], dtype=torch.bool)
-            top = ((out.topk_ids[k, on].cpu().to(torch.int32).numpy(),
-                    out.topk_logprobs[k, on].cpu().numpy()) if cfg.top_k else ())
-            set_scores(row, out.logprobs[k, on].cpu().tolist(), *top)
+            on = batch["loss_mask"][k].bool()  # the response tokens (padding: 0)
+            set_scores(row, logp[k, on].tolist(),
+                       *((top_ids[k, on].numpy(), top_logp[k, on].numpy()) if cfg.top_k else ()))
 
 
 def score_with_engine(engine, rows: list[dict], top_k: int) -> None:
@@ -197,7 +198,7 @@ def score_with_engine(engine, rows: list[dict], top_k: int) -> None:
     scores = engine.score([row["input_ids"] for row in rows], starts, top_k=top_k,
                           desc="behavior: teacher scoring (vLLM)")
     for row, (logprobs, top_ids, top_logprobs) in zip(rows, scores):
-        set_scores(row, logprobs, *((top_ids, top_logprobs) if top_k else ()))
+        set_scores(row, logprobs, top_ids, top_logprobs)  # top-k None unless top_k
 
 
 def features(with_topk: bool) -> Features:

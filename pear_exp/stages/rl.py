@@ -19,6 +19,11 @@ from pear_exp.train.distributed import World
 from pear_exp.train.grpo import train_grpo
 
 
+def from_kept(rl_dir: Path, step: int) -> Path:
+    """Where the RL run from the model kept after SFT step `step` (sft.keep_steps) goes."""
+    return rl_dir / f"from-step-{step}"
+
+
 def run(cfg: Config, out: Path, start: str, train_problems, eval_problems, task,
         tracker: Tracker, world: World, name: str = "rl") -> None:
     """GRPO from the checkpoint at `start` into `out`, logged as stage `name` (rl@k: the run

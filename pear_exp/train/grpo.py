@@ -279,10 +279,9 @@ def update(loop: Loop, reference, batch: RolloutBatch, cfg: RLConfig, device, pa
     """`cfg.epochs` optimizer steps on one rollout batch; returns the update's diagnostics.
 
     reference: a TokenLogProbs module of the frozen initial policy, or None."""
-    with contextlib.ExitStack() as stack:
-        if cfg.padding_free:  # the trainer's forwards attend within rows (generation: sdpa)
-            for m in (loop.model, reference.model) if reference is not None else (loop.model,):
-                stack.enter_context(padding_free(m))
+    models = (loop.model, reference.model if reference is not None else None)
+    # the trainer's forwards attend within rows (generation, outside, keeps sdpa)
+    with padding_free(*models) if cfg.padding_free else contextlib.nullcontext():
         return _update(loop, reference, batch, cfg, device, pad_id, world, guard)
 
 

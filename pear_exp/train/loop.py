@@ -7,6 +7,7 @@ parts that are the same in both, so that a change to one (say, the schedule) rea
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,13 +96,14 @@ def start_loop(model, cfg: SFTConfig | RLConfig, world: World, *, total_steps: i
 CPU_BF16_MIN_HIDDEN = 256
 
 
-def cpu_flags() -> set[str]:
+@functools.cache  # read once: GRPO resolves its precision at every update
+def cpu_flags() -> frozenset[str]:
     try:
         with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f
-                         if line.startswith("flags")), set())
+            return next((frozenset(line.split(":", 1)[1].split()) for line in f
+                         if line.startswith("flags")), frozenset())
     except OSError:  # not Linux: no flags known, so no bf16 by default
-        return set()
+        return frozenset()
 
 
 def resolve_precision(precision: Precision, device: torch.device, hidden_size: int) -> Precision:

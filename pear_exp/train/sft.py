@@ -122,10 +122,8 @@ def train_sft(
         reference = reference if reference is not None else copy.deepcopy(model)
     else:
         reference = None
-    with contextlib.ExitStack() as stack:
-        if cfg.padding_free:  # both models attend within rows while this stage runs
-            for m in (model, reference) if reference is not None else (model,):
-                stack.enter_context(padding_free(m))
+    # both models attend within rows while this stage runs
+    with padding_free(model, reference) if cfg.padding_free else contextlib.nullcontext():
         return _train(model, rows, cfg, weighting, pad_id=pad_id, seed=seed, log=log, desc=desc,
                       checkpoint_dir=checkpoint_dir, world=world, reference=reference,
                       snapshot=snapshot)
