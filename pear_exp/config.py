@@ -437,6 +437,10 @@ class Config:
     teacher: ModelConfig = field(default_factory=ModelConfig)
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    # Shifted-task RL (`task@rl_task=NAME`): GRPO's prompts, rewards and held-out checks come
+    # from this task instead of `task` (which behavior data and SFT use); evaluation covers both
+    # tasks for every checkpoint. null: RL on the SFT task.
+    rl_task: Optional[TaskConfig] = None
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     behavior: BehaviorConfig = field(default_factory=BehaviorConfig)
@@ -459,7 +463,16 @@ class Config:
     # without loading weights or creating the run directory (pear_exp/plan.py).
     plan: bool = False
 
+    @property
+    def rl_task_config(self) -> TaskConfig:
+        """The task GRPO trains and checks on: rl_task when set, else the SFT task."""
+        return self.task if self.rl_task is None else self.rl_task
+
     def __post_init__(self):
+        if self.rl_task is not None and self.rl_task.name == self.task.name:
+            raise ConfigValueError(
+                f"rl_task.name={self.rl_task.name!r} is also task.name: the two tasks' metrics "
+                "(eval/<name>/...) would overwrite each other; give rl_task a name of its own")
         bad = [k for k in self.sft.keep_steps if not 0 < k < self.sft.steps]
         if bad:
             raise ConfigValueError(f"sft.keep_steps {bad}: each must be an optimizer step "

@@ -8,6 +8,7 @@ directory and writing its own (each stage's whole job is in pear_exp/stages/<sta
     <run_dir>/rl/model/, checkpoints/, DONE       GRPO from the SFT checkpoint
     <run_dir>/rl/from-step-<k>/model/, ..., DONE  the same GRPO from the model after SFT step k
     <run_dir>/evaluate/<checkpoint>/results.json, problems.jsonl; evaluate/DONE
+    <run_dir>/evaluate/rl_task/<checkpoint>/...   the same on the RL task (shifted-task RL)
     <run_dir>/metrics.jsonl, summary.json, config.yaml
 
 A stage whose DONE marker exists is skipped, and an unfinished SFT or RL stage resumes from its
@@ -52,6 +53,10 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
     run_dir.mkdir(parents=True, exist_ok=True)
     task = make_task(cfg.task, cfg.cache_dir)
     train_problems, eval_problems = split(cfg.task, cfg.cache_dir)
+    rl_task, rl_train, rl_eval = task, train_problems, eval_problems
+    if cfg.rl_task is not None:  # shifted-task RL: GRPO's prompts, rewards and checks
+        rl_task = make_task(cfg.rl_task, cfg.cache_dir)
+        rl_train, rl_eval = split(cfg.rl_task, cfg.cache_dir)
     student = lambda: tiny.resolve_path(cfg.model, cfg.task, cfg.cache_dir)  # noqa: E731
     tracker = NullTracker()
     if world.is_main:
@@ -79,7 +84,7 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
         kept = cfg.sft.keep_steps if done(run_dir / "sft") else []
         if pending(Stage.rl):
             start = str(run_dir / "sft" / "model") if done(run_dir / "sft") else student()
-            rl.run(cfg, run_dir / "rl", start, train_problems, eval_problems, task, tracker, world)
+            rl.run(cfg, run_dir / "rl", start, rl_train, rl_eval, rl_task, tracker, world)
             for k in kept:  # the identical RL from each kept SFT model
                 out = rl.from_kept(run_dir / "rl", k)
                 kept_start = sft.kept_model(run_dir / "sft", k)
@@ -88,8 +93,8 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
                         f"no model kept after SFT step {k} in {run_dir / 'sft'}: sft.keep_steps "
                         "was set after the SFT stage ran; use a new run directory")
                 if not world.broadcast(done(out)):
-                    rl.run(cfg, out, str(kept_start), train_problems, eval_problems, task,
-                           tracker, world, name=f"rl@{k}")
+                    rl.run(cfg, out, str(kept_start), rl_train, rl_eval, rl_task, tracker,
+                           world, name=f"rl@{k}")
                     if world.is_main:
                         mark_done(out)
             if world.is_main:
@@ -103,14 +108,23 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
                 checkpoints[f"sft@{k}"] = str(sft.kept_model(run_dir / "sft", k))
                 if done(rl.from_kept(run_dir / "rl", k)):
                     checkpoints[f"rl@{k}"] = str(rl.from_kept(run_dir / "rl", k) / "model")
-            results = evaluate.run(cfg, run_dir / "evaluate", eval_problems, task, tracker,
-                                   checkpoints)
+            results = evaluate.run(cfg, cfg.task, run_dir / "evaluate", eval_problems, task,
+                                   tracker, checkpoints)
+            if cfg.rl_task is not None:  # every checkpoint on the RL task too: <name>/<metric>
+                name = cfg.rl_task.name
+                shifted = evaluate.run(cfg, cfg.rl_task, run_dir / "evaluate" / "rl_task",
+                                       rl_eval, rl_task, tracker, checkpoints)
+                for label, summary in shifted.items():
+                    results[label].update({f"{name}/{k}": v for k, v in summary.items()})
             (run_dir / "summary.json").write_text(json.dumps(results, indent=2))
         world.barrier()
     finally:
         tracker.finish()
     if results:
-        evaluate.print_summary(results, cfg.evaluate.num_samples, console)
+        evaluate.print_summary(results, cfg.evaluate.num_samples, console, cfg.task.name)
+        if cfg.rl_task is not None:
+            evaluate.print_summary(results, cfg.evaluate.num_samples, console, cfg.rl_task.name,
+                                   prefix=f"{cfg.rl_task.name}/")
     if world.is_main:
         console.print(f"run directory: {run_dir}")
     return results

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from pear_exp.config import (
     ArchitectureConfig, BaseLoss, BehaviorSource, Config, Engine, ModelConfig, Precision, Stage,
-    TaskKind, WeightingConfig, WeightLevel,
+    TaskConfig, TaskKind, WeightingConfig, WeightLevel,
 )
 from pear_exp.memory import (
     DTYPE_BYTES, GiB, activation_bytes, architecture_of, count_parameters, dtype_bytes,
@@ -257,14 +257,14 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
         rows.append(Row("rl", "total", totals, note))
     if Stage.evaluate in stages:
         e = cfg.evaluate
-        sequences = (eval_set_size(cfg) or 1) * e.num_samples
+        tasks = [cfg.task] + ([cfg.rl_task] if cfg.rl_task is not None else [])
+        sequences = max(eval_set_size(t) or 1 for t in tasks) * e.num_samples
         engine_total("evaluate", engine_rows("evaluate", student, cfg.model, e.max_new_tokens,
                                              sequences))
     return rows
 
 
-def eval_set_size(cfg: Config) -> int | None:
-    t = cfg.task
+def eval_set_size(t: TaskConfig) -> int | None:
     if t.kind != TaskKind.math:
         return t.num_eval
     if t.eval_set in SHIPPED_SETS or Path(t.eval_set).expanduser().is_file():
@@ -285,6 +285,9 @@ def data_rows(cfg: Config) -> list[tuple[str, str, str]]:
     else:
         prompts, n_prompts = f"{t.num_train:,}", t.num_train
     out = [("task", f"{t.name} ({t.kind.value})", "")]
+    if cfg.rl_task is not None:
+        out.append(("RL task", f"{cfg.rl_task.name} ({cfg.rl_task.kind.value})",
+                    "GRPO's prompts, rewards and checks; evaluated beside the task"))
     if math_task:
         out.append(("training prompts", prompts, f"from {t.train_set}"))
     else:
@@ -314,15 +317,17 @@ def data_rows(cfg: Config) -> list[tuple[str, str, str]]:
         if rl.eval_every > 0:
             evals = rl.steps // rl.eval_every
             out.append(("rl held-out evals", f"{evals} x {rl.eval_problems} problems", ""))
-    if Stage.evaluate in stages:
-        problems = eval_set_size(cfg)
-        checkpoints = 1 + starts * ((Stage.sft in stages) + (Stage.rl in stages))
+    checkpoints = 1 + starts * ((Stage.sft in stages) + (Stage.rl in stages))
+    evaluated = [t] + ([cfg.rl_task] if cfg.rl_task is not None else [])
+    for task in evaluated if Stage.evaluate in stages else []:  # every checkpoint on each
+        problems = eval_set_size(task)
         per = problems * e.num_samples if problems is not None else None
         count = (f"{problems} problems x {e.num_samples} samples x {checkpoints} checkpoints"
                  if problems is not None else f"? problems x {e.num_samples} samples")
         total = per * checkpoints if per is not None else None
         extra = f" (+{problems * checkpoints} greedy)" if e.greedy and problems else ""
-        out.append(("evaluation", count + extra, _tokens(total, e.max_new_tokens, "generated")))
+        stage = "evaluation" + (f" on {task.name}" if cfg.rl_task is not None else "")
+        out.append((stage, count + extra, _tokens(total, e.max_new_tokens, "generated")))
     return out
 
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pear_exp import models
-from pear_exp.config import Config, EvalConfig
+from pear_exp.config import Config, EvalConfig, TaskConfig
 from pear_exp.metrics import mean_ci95, pass_at_k
 from pear_exp.models import end_of_turn_ids, prompt_ids
 from pear_exp.rollout import Completion, RolloutEngine, grade_finished, make_engine
@@ -169,10 +169,11 @@ def save(summary: dict, rows: list[dict], out_dir: Path) -> None:
 CHECKPOINT_STEP = {"base": 0, "sft": 1, "rl": 2}  # the checkpoint axis of the eval/* charts
 
 
-def run(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
+def run(cfg: Config, task_cfg: TaskConfig, out: Path, eval_problems, task, tracker: Tracker,
         checkpoints: dict[str, str]) -> dict[str, dict]:
-    """Evaluate each checkpoint ({label: path}) into out/<label>/ (one engine each; a checkpoint
-    with results.json already is read back, not evaluated again); returns {label: summary}."""
+    """Evaluate each checkpoint ({label: path}) on `task` (configured by task_cfg: cfg.task or
+    cfg.rl_task) into out/<label>/ (one engine each; a checkpoint with results.json already is
+    read back, not evaluated again); returns {label: summary}."""
     results = {}
     for label, path in checkpoints.items():
         target = out / label
@@ -184,31 +185,36 @@ def run(cfg: Config, out: Path, eval_problems, task, tracker: Tracker,
                                  trust_remote_code=cfg.model.trust_remote_code,
                                  seed=cfg.seed)) as engine:
             summary, rows = evaluate_model(engine, tokenizer, eval_problems, task, cfg.evaluate,
-                                           system_prompt=cfg.task.system_prompt, seed=cfg.seed,
-                                           label=label)
+                                           system_prompt=task_cfg.system_prompt, seed=cfg.seed,
+                                           label=f"{label} {task_cfg.name}")
         save(summary, rows, target)
-        tracker.summary({f"eval/{cfg.task.name}/{label}/{k}": v for k, v in summary.items()})
+        tracker.summary({f"eval/{task_cfg.name}/{label}/{k}": v for k, v in summary.items()})
         # the same numbers on a checkpoint axis (0 base, 1 sft, 2 rl): W&B draws one chart per
         # metric in which every run of a sweep group is a line across its checkpoints
         checkpoint, _, kept = label.partition("@")  # sft@k, rl@k: their own eval@k charts
         tracker.log("eval" + (f"@{kept}" if kept else ""),
-                    {f"{cfg.task.name}/{k}": v for k, v in summary.items()
+                    {f"{task_cfg.name}/{k}": v for k, v in summary.items()
                      if not k.endswith("_ci95")}, CHECKPOINT_STEP[checkpoint])
-        tracker.table(f"eval/{cfg.task.name}/{label}/problems", rows)
+        tracker.table(f"eval/{task_cfg.name}/{label}/problems", rows)
         results[label] = summary
     ks = ks_up_to(cfg.evaluate.num_samples)
-    tracker.line_plot(f"eval/{cfg.task.name}/pass@k", ks,
+    tracker.line_plot(f"eval/{task_cfg.name}/pass@k", ks,
                       {label: [s[f"pass@{k}"] for k in ks] for label, s in results.items()}, "k")
     return results
 
 
-def print_summary(results: dict[str, dict], n: int, console: Console) -> None:
-    table = Table(title=f"held-out accuracy (n={n} samples per problem, 95% intervals)")
+def print_summary(results: dict[str, dict], n: int, console: Console, task_name: str,
+                  prefix: str = "") -> None:
+    """One table of every checkpoint's accuracy on one task: its metrics are the summary keys
+    that start with `prefix` (the RL task's: "<rl_task.name>/")."""
+    table = Table(title=f"{task_name}: held-out accuracy (n={n} samples per problem, 95% "
+                        "intervals)")
     table.add_column("checkpoint")
-    columns = [c for c in ("greedy", "pass@1") if c in next(iter(results.values()))]
+    columns = [c for c in ("greedy", "pass@1") if prefix + c in next(iter(results.values()))]
     columns += [f"pass@{k}" for k in ks_up_to(n)[1:]]
     for c in columns:
         table.add_column(c, justify="right")
     for label, summary in results.items():
-        table.add_row(label, *[f"{summary[c]:.3f} ± {summary[c + '_ci95']:.3f}" for c in columns])
+        table.add_row(label, *[f"{summary[prefix + c]:.3f} ± {summary[prefix + c + '_ci95']:.3f}"
+                               for c in columns])
     console.print(table)

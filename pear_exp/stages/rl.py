@@ -27,7 +27,8 @@ def from_kept(rl_dir: Path, step: int) -> Path:
 def run(cfg: Config, out: Path, start: str, train_problems, eval_problems, task,
         tracker: Tracker, world: World, name: str = "rl") -> None:
     """GRPO from the checkpoint at `start` into `out`, logged as stage `name` (rl@k: the run
-    from the model kept after SFT step k)."""
+    from the model kept after SFT step k), on `task` (the RL task: cfg.rl_task_config)."""
+    system_prompt = cfg.rl_task_config.system_prompt
     def load():
         return models.load_model(start, cfg.model.dtype, cfg.model.trust_remote_code)
 
@@ -44,7 +45,7 @@ def run(cfg: Config, out: Path, start: str, train_problems, eval_problems, task,
 
     def evaluate_now(step: int) -> dict:
         summary, _ = evaluate.evaluate_model(engine, tokenizer, held_out, task, quick,
-                                             system_prompt=cfg.task.system_prompt,
+                                             system_prompt=system_prompt,
                                              seed=cfg.seed, label=f"rl step {step}")
         metrics = {k: summary[k] for k in ("greedy", "pass@1", "pass@4")}
         tracker.log(f"{name}_eval", metrics, step)
@@ -53,7 +54,7 @@ def run(cfg: Config, out: Path, start: str, train_problems, eval_problems, task,
     reference = load() if cfg.rl.kl_coef > 0 else None  # the SFT policy, also when resuming
     try:
         train_grpo(model, tokenizer, engine, train_problems, task, cfg.rl, seed=cfg.seed,
-                   system_prompt=cfg.task.system_prompt, sync_tolerance=cfg.rollout.sync_tolerance,
+                   system_prompt=system_prompt, sync_tolerance=cfg.rollout.sync_tolerance,
                    log=lambda m, step: tracker.log(name, m, step), evaluate=evaluate_now,
                    log_samples=lambda rows, step: tracker.table(f"{name}/samples_step_{step}",
                                                                 rows),
