@@ -165,14 +165,23 @@ def main(dict_cfg: DictConfig) -> dict:
         run_dir.mkdir(parents=True, exist_ok=True)
         recorded.write_text(new_text)
     world.barrier()
+    group = cfg.logger.group or wandb_group(cfg.experiment, run_dir, hydra_cfg.mode)
     try:
-        return run(cfg, run_dir, resolved, choices, world)
+        return run(cfg, run_dir, resolved, choices, world, group=group)
     except errors.SourceUnavailable as err:  # a load deep in a stage: name the config key
         stop(err.naming_keys(cfg))
     except errors.RunStopped as err:
         stop(err)
     finally:
         distributed.shutdown()
+
+
+def wandb_group(experiment: str | None, run_dir: Path, mode: RunMode) -> str | None:
+    """One W&B group per sweep: "<experiment> <sweep directory>" (a job's directory sits one
+    level below its sweep's, on every launcher); a single run: the experiment's name."""
+    if mode != RunMode.MULTIRUN:
+        return experiment
+    return f"{experiment or 'sweep'} {run_dir.parent}"[-128:]  # W&B's limit on a group name
 
 
 def stop(err: errors.RunStopped):

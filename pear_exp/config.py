@@ -429,6 +429,9 @@ class LoggerConfig:
     mode: WandbMode = WandbMode.auto
     project: str = "pear_exp"
     entity: Optional[str] = None
+    # W&B group. null: in a sweep (--multirun) "<experiment> <sweep directory>", one group per
+    # sweep, so its runs compare side by side; a single run: the experiment's name.
+    group: Optional[str] = None
 
 
 @dataclass
@@ -458,7 +461,7 @@ class Config:
     # torch.use_deterministic_algorithms: bitwise-repeatable runs (and resumes) where the
     # backend supports it; on CUDA it also sets CUBLAS_WORKSPACE_CONFIG. Slower on GPUs.
     deterministic: bool = False
-    experiment: Optional[str] = None  # set by +experiment presets, used as the W&B group
+    experiment: Optional[str] = None  # set by +experiment presets; names the W&B group
     # Print the resolved stages, models, data sizes and a per-GPU memory estimate, then exit
     # without loading weights or creating the run directory (pear_exp/plan.py).
     plan: bool = False

@@ -38,8 +38,9 @@ console = Console()
 
 
 def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, str],
-        world: World | None = None) -> dict:
-    """Run cfg.stages in order under run_dir; returns the evaluation results.
+        world: World | None = None, group: str | None = None) -> dict:
+    """Run cfg.stages in order under run_dir, logged to the W&B group `group`; returns the
+    evaluation results.
 
     With several processes (pear_exp/train/distributed.py) every rank calls this: SFT and RL
     train on all ranks, the other stages run on rank 0 while the rest wait."""
@@ -61,7 +62,7 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
     tracker = NullTracker()
     if world.is_main:
         tracker = Tracker(
-            cfg.logger, run_dir, resolved_config, name=run_dir.name, group=cfg.experiment,
+            cfg.logger, run_dir, resolved_config, name=run_dir.name, group=group,
             tags=[f"{k}={v}" for k, v in choices.items()] + [f"seed={cfg.seed}"],
         )
 

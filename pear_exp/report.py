@@ -267,10 +267,11 @@ def rank_agreement(jobs: list[dict], metric: str, predictors: list[str]) -> tupl
     return "\n".join(header + rows), stats
 
 
-def reversals(jobs: list[dict], metric: str) -> list[str]:
-    """Pairs of sweep points whose order after SFT is the opposite of their order after RL (by
-    the mean over the seeds both ran), each with both paired differences (mean ± 95% t): a
-    reversal is called clear when both intervals exclude 0."""
+def reversals(jobs: list[dict], offline: str, online: str) -> list[str]:
+    """Pairs of sweep points whose order by post-SFT `offline` is the opposite of their order by
+    post-RL `online` (by the mean over the seeds both ran; the same metric unless RL ran on a
+    shifted task), each with both paired differences (mean ± 95% t): a reversal is called clear
+    when both intervals exclude 0."""
     runs = {(j["point"], j["seed"]): j["summary"] for j in jobs}
     points = sorted({j["point"] for j in jobs}, key=point_order)
     found = []
@@ -280,9 +281,9 @@ def reversals(jobs: list[dict], metric: str) -> list[str]:
                      and all(c in runs[(q, s)] for q in (a, b) for c in ("sft", "rl"))]
             if not seeds:
                 continue
-            sft = mean_ci95([runs[(a, s)]["sft"][metric] - runs[(b, s)]["sft"][metric]
+            sft = mean_ci95([runs[(a, s)]["sft"][offline] - runs[(b, s)]["sft"][offline]
                              for s in seeds], student_t=True)
-            rl = mean_ci95([runs[(a, s)]["rl"][metric] - runs[(b, s)]["rl"][metric]
+            rl = mean_ci95([runs[(a, s)]["rl"][online] - runs[(b, s)]["rl"][online]
                             for s in seeds], student_t=True)
             if sft[0] * rl[0] >= 0 or min(abs(sft[0]), abs(rl[0])) < 1e-9:  # same order, tie
                 continue
@@ -297,33 +298,35 @@ def reversals(jobs: list[dict], metric: str) -> list[str]:
     return found
 
 
-def rank_plot(jobs: list[dict], stats: dict, metric: str, out: Path) -> str | None:
-    """rank_sft_vs_rl.png: each sweep point's rank by mean post-SFT `metric` (left) joined to
-    its rank by mean post-RL `metric` (right); crossing lines are reversals."""
+def rank_plot(jobs: list[dict], stats: dict, offline: str, online: str,
+              out: Path) -> str | None:
+    """rank_sft_vs_rl.png: each sweep point's rank by mean post-SFT `offline` (left) joined to
+    its rank by mean post-RL `online` (right); crossing lines are reversals."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    sides = {"sft": offline, "rl": online}
     points = [p for p in sorted({j["point"] for j in jobs}, key=point_order)
-              if not any(math.isnan(stats.get((p, c, metric), (float("nan"),))[0])
-                         for c in ("sft", "rl"))]
+              if not any(math.isnan(stats.get((p, c, m), (float("nan"),))[0])
+                         for c, m in sides.items())]
     if len(points) < 2:
         return None
-    rank = {c: {p: r for r, p in enumerate(sorted(points, key=lambda p: -stats[(p, c, metric)][0]),
-                                          start=1)} for c in ("sft", "rl")}
+    rank = {c: {p: r for r, p in enumerate(sorted(points, key=lambda p: -stats[(p, c, m)][0]),
+                                          start=1)} for c, m in sides.items()}
     fig, ax = plt.subplots(figsize=(6, max(3, 0.45 * len(points) + 1)))
     for p in points:
         ax.plot([0, 1], [rank["sft"][p], rank["rl"][p]], marker="o")
-        ax.annotate(f"{label(p)} {stats[(p, 'sft', metric)][0]:.3f}", (0, rank["sft"][p]),
+        ax.annotate(f"{label(p)} {stats[(p, 'sft', offline)][0]:.3f}", (0, rank["sft"][p]),
                     xytext=(-8, 0), textcoords="offset points", ha="right", va="center")
-        ax.annotate(f"{stats[(p, 'rl', metric)][0]:.3f} {label(p)}", (1, rank["rl"][p]),
+        ax.annotate(f"{stats[(p, 'rl', online)][0]:.3f} {label(p)}", (1, rank["rl"][p]),
                     xytext=(8, 0), textcoords="offset points", ha="left", va="center")
     ax.set_xlim(-0.9, 1.9)
     ax.set_ylim(len(points) + 0.5, 0.5)
-    ax.set_xticks([0, 1], ["after SFT", "after RL"])
+    ax.set_xticks([0, 1], [f"after SFT ({offline})", f"after RL ({online})"])
     ax.set_yticks(range(1, len(points) + 1))
-    ax.set_ylabel(f"rank by mean {metric} (1 = best)")
+    ax.set_ylabel("rank by mean over seeds (1 = best)")
     fig.tight_layout()
     fig.savefig(out / "rank_sft_vs_rl.png", dpi=120)
     plt.close(fig)
@@ -384,21 +387,33 @@ def report(sweep: Path, out: Path) -> str:
     k_max = max(int(k[5:]) for k in first if k.startswith("pass@") and not k.endswith("_ci95"))
     metrics = [m for m in ("greedy", "pass@1", f"pass@{k_max}") if m in first]
     metrics = list(dict.fromkeys(metrics))  # pass@1 once when n = 1
-    text, stats = table(jobs, metrics)
-    differences, _ = paired_differences(jobs, metrics)
+    # shifted-task RL (every job's rl_task the same task): the online ranking is by the RL
+    # task's pass@1, its metrics get a table of their own, its SFT-time values are predictors too
+    rl_tasks = {j["config"].get("rl_task.name") for j in jobs}
+    rl_task = rl_tasks.pop() if len(rl_tasks) == 1 and None not in rl_tasks else None
+    shifted = [f"{rl_task}/{m}" for m in metrics] if rl_task else []
+    offline, online = "pass@1", shifted[metrics.index("pass@1")] if rl_task else "pass@1"
+    text, stats = table(jobs, metrics + shifted)
+    differences, _ = paired_differences(jobs, metrics + shifted)
     axes = [k for k, _ in jobs[0]["point"]]
     by_base_loss = ""  # where the base loss is an axis: kl - nll at the same weighting
     if BASE_LOSS in axes and len(axes) > 1:
-        by_base_loss, _ = paired_differences(jobs, metrics, {BASE_LOSS: PLAIN_SFT[BASE_LOSS]})
-    images = plots(jobs, stats, "pass@1", out)
-    predictors = [m for m in dict.fromkeys((*PREDICTORS, f"pass@{k_max}", f"maj@{k_max}"))
+        by_base_loss, _ = paired_differences(jobs, metrics + shifted,
+                                             {BASE_LOSS: PLAIN_SFT[BASE_LOSS]})
+    images = plots(jobs, stats, online, out)
+    candidates = (*PREDICTORS, f"pass@{k_max}", f"maj@{k_max}")
+    if rl_task:
+        candidates += tuple(f"{rl_task}/{m}" for m in candidates)
+    predictors = [m for m in dict.fromkeys(candidates)
                   if any(m in j["summary"].get("sft", {}) for j in jobs)]
-    agreement, _ = rank_agreement(jobs, "pass@1", predictors)
-    reversed_pairs = reversals(jobs, "pass@1") if agreement else []
-    rank_image = rank_plot(jobs, stats, "pass@1", out) if agreement else None
+    agreement, _ = rank_agreement(jobs, online, predictors)
+    reversed_pairs = reversals(jobs, offline, online) if agreement else []
+    rank_image = rank_plot(jobs, stats, offline, online, out) if agreement else None
     lines = [f"# Sweep report: {sweep}", "",
              f"{len(jobs)} finished jobs; sweep axes: {', '.join(axes) or 'none'}; mean over "
              "seeds ± 95% t-interval half-width (Student's t, seeds - 1 degrees of freedom).",
+             *([f"RL ran on a shifted task, {rl_task}: its metrics are the columns named "
+                f"{rl_task}/..., the others are on the SFT task."] if rl_task else []),
              "", text, ""]
     if differences:
         plain = ", ".join(f"{k}={v}" for k, v in PLAIN_SFT.items() if k in axes)
@@ -409,11 +424,12 @@ def report(sweep: Path, out: Path) -> str:
                   "axes equal); mean ± 95% t-interval:", "", by_base_loss, ""]
     if agreement:
         lines += ["Offline against online ranking: each SFT-time quantity's rank correlation "
-                  "with post-RL pass@1 across the sweep points, within each seed, then mean ± "
-                  "95% t-interval over the seeds (the first row: do the points rank the same "
+                  f"with post-RL {online} across the sweep points, within each seed, then mean "
+                  "± 95% t-interval over the seeds (the first row: do the points rank the same "
                   "after SFT as after RL?):", "", agreement, ""]
-        lines += (["Ranking reversals (order after SFT opposite to order after RL, by means "
-                   "over shared seeds; paired differences first minus second):", "",
+        lines += ([f"Ranking reversals (order by {offline} after SFT opposite to order by "
+                   f"{online} after RL, by means over shared seeds; paired differences first "
+                   "minus second):", "",
                    *reversed_pairs, ""] if reversed_pairs
                   else ["No pair of sweep points changes order between SFT and RL.", ""])
     if rank_image:

@@ -212,3 +212,23 @@ def test_gpu_presets_share_a_base_and_switch_engines():
 def test_kept_sft_steps_and_the_token_budget_are_checked(tmp_path):
     assert "between 1 and sft.steps - 1 = 599" in refused(tmp_path, "sft.keep_steps=[100,600]")
     assert "a row of that length would not fit" in refused(tmp_path, "sft.micro_batch_tokens=100")
+
+
+def test_the_rl_task_is_a_task_group_placed_at_a_second_package(tmp_path):
+    from pear_exp.config import CountdownTaskConfig, GameTaskConfig
+
+    assert OmegaConf.to_object(composed()).rl_task is None  # RL on the SFT task
+    cfg = OmegaConf.to_object(composed(["task@rl_task=game", "rl_task.game=mini_sudoku"]))
+    assert isinstance(cfg.rl_task, GameTaskConfig) and cfg.rl_task.game == "mini_sudoku"
+    assert isinstance(cfg.task, CountdownTaskConfig) and cfg.rl_task_config is cfg.rl_task
+    with pytest.raises(ConfigCompositionException):  # the chosen option's schema holds there too
+        composed(["task@rl_task=countdown", "rl_task.eval_set=aime2024"])
+    check_override_keys(["rl_task.num_numbers=4"])
+    with pytest.raises(ConfigKeyError, match="rl_task.num_nmbers"):
+        check_override_keys(["rl_task.num_nmbers=4"])
+    shifted = OmegaConf.to_object(composed(["+experiment=tiny_shifted", "+budget=check"]))
+    assert (shifted.rl_task.name, shifted.rl_task.num_numbers, shifted.rl_task.num_train) == (
+        "countdown4", 4, 16)  # the budget shrinks the RL task with the SFT task
+    games = OmegaConf.to_object(composed(["+experiment=logic_games_shifted"]))
+    assert (games.task.game, games.rl_task.game) == ("knights_knaves", "zebra_puzzles")
+    assert "would overwrite each other" in refused(tmp_path, "task@rl_task=countdown")

@@ -127,3 +127,56 @@ def test_evaluate_any_checkpoint_on_a_math_set(tmp_path, tokenizer):
     assert len(rows) == 30 and all(json.loads(r)["n"] == 2 for r in rows)
     summary = json.loads((run_dir / "summary.json").read_text())["base"]
     assert summary["pass@1"] == 0.0 and summary["no_answer_frac"] == 1.0  # 8 random tokens
+
+
+def test_shifted_task_rl_trains_and_checks_on_the_rl_task_and_evaluates_both(tmp_path):
+    """task@rl_task: SFT on 3-number Countdown, GRPO on 4-number Countdown. A one-job sweep with
+    an offline W&B run, so the RL samples the run logged can be read back: their prompts are
+    the RL task's; evaluation covers both tasks for every checkpoint; the sweep is the group."""
+    from tests.wandb_log import history, records
+
+    sweep = tmp_path / "sweep"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["PEAR_EXP_CACHE"] = str(tmp_path / "cache")
+    args = ["--multirun", "+experiment=smoke", "logger=wandb", "logger.mode=offline",
+            f"hydra.sweep.dir={sweep}", "stages=[behavior,sft,rl,evaluate]",
+            "task@rl_task=countdown", "rl_task.name=countdown4", "rl_task.num_numbers=4",
+            "rl_task.max_value=12", "rl_task.num_train=64", "rl_task.num_eval=8",
+            "rl.max_new_tokens=64"]
+    done = subprocess.run([sys.executable, "-m", "pear_exp", *args], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = [p.parent for p in sweep.glob("*/config.yaml")]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary) == {"base", "sft", "rl"}
+
+    def numbers(problem_id):  # countdown-<sorted numbers>-<target>
+        return len(problem_id.split("-")) - 2
+
+    for label in summary:
+        assert 0.0 <= summary[label]["countdown4/pass@1"] <= summary[label]["countdown4/pass@2"]
+        sft_task = (run_dir / "evaluate" / label / "problems.jsonl").read_text().splitlines()
+        rl_task = (run_dir / "evaluate" / "rl_task" / label / "problems.jsonl").read_text()
+        assert {numbers(json.loads(r)["problem_id"]) for r in sft_task} == {3}
+        assert len(sft_task) == 16
+        assert [numbers(json.loads(r)["problem_id"]) for r in rl_task.splitlines()] == [4] * 8
+    assert "countdown4: held-out accuracy" in done.stdout
+
+    (run_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    (run,) = [r for r in records(run_file) if r.WhichOneof("record_type") == "run"]
+    assert run.run.run_group == f"smoke {sweep}"  # one group per sweep
+    table_dir = run_file.parent / "files" / "media" / "table"
+    (samples,) = (table_dir / "rl").glob("samples_step_3_*.table.json")
+    content = json.loads(samples.read_text())
+    prompts = [row[content["columns"].index("prompt")] for row in content["data"]]
+    assert prompts and all(len(p.split(" from ")[1].split()) == 4 for p in prompts)
+    logged = history(run_file)  # both tasks' metrics on the checkpoint axis, one row each
+    for task in ("countdown", "countdown4"):
+        rows = [row for row in logged if f"eval/{task}/pass@1" in row]
+        assert [json.loads(row["eval/step"]) for row in rows] == [0, 1, 2]
+
+    from pear_exp.report import report
+    markdown = report(sweep, tmp_path / "report")
+    assert "RL ran on a shifted task, countdown4" in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| jobs |"))
+    assert "| sft pass@1 |" in header and "| rl countdown4/pass@1 |" in header

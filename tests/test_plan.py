@@ -19,7 +19,8 @@ register_configs()
 MODEL_PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 REAL_PRESETS = [m for m in MODEL_PRESETS if not m.startswith("tiny")]
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-LARGE_EXPERIMENTS = ["aime_qwen2_5", "aime_qwen3", "aime_r1_distill", "logic_games"]  # GPU nodes
+LARGE_EXPERIMENTS = ["aime_qwen2_5", "aime_qwen3", "aime_r1_distill", "logic_games",
+                     "logic_games_shifted"]  # GPU nodes
 
 # Published parameter counts (the model cards' sizes; exact figures as listed for the
 # checkpoints, e.g. by the hub's safetensors metadata and llama.cpp's general.parameter_count).
@@ -370,3 +371,12 @@ def test_plan_flags_pear_weights_expected_at_the_floor():
                      "delta_clip[0]=-0.08 sum to log_weight_clip[0]=-10"]  # 2,948 / 3,072
     assert plan.weight_checks(typed([])) == []  # the tiny world: 48 tokens, matched sampling
     assert plan.weight_checks(typed(["+experiment=aime_qwen3", "weighting=none"])) == []
+
+
+def test_plan_mode_lists_the_rl_task_and_evaluation_on_both_tasks(tmp_path):
+    result = run_plan(tmp_path, "+experiment=logic_games_shifted", f"run_dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr
+    assert "zebra_puzzles (game)" in result.stdout  # the RL task's line
+    for task in ("knights_knaves", "zebra_puzzles"):  # 100 problems x 64 samples x 3 each
+        assert f"evaluation on {task}" in result.stdout
+    assert result.stdout.count("100 problems x 64 samples x 3 checkpoints") == 2

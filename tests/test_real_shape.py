@@ -11,7 +11,8 @@ tensor_parallel_size 1. The SFT data teaches parity answers "\\boxed{0|1}" to no
 RL sees rewards that are not all equal and really updates, and the weight sync is checked on
 real-shape weights. logic_games keeps its knights-and-knaves task, which noise cannot solve: its
 groups are kept but its update is zero, and it runs with the hf engine only (its models are
-aime_qwen3's, which run through vLLM already).
+aime_qwen3's, which run through vLLM already); logic_games_shifted adds RL and evaluation on
+zebra_puzzles.
 """
 
 import json
@@ -35,6 +36,7 @@ PRESETS = {  # experiment -> (student preset, teacher preset)
     "aime_qwen2_5": ("qwen2_5_math_1_5b", "qwen2_5_7b_instruct"),
     "aime_r1_distill": ("r1_distill_qwen_1_5b", "r1_distill_qwen_32b"),
     "logic_games": ("qwen3_4b_base", "qwen3_32b"),
+    "logic_games_shifted": ("qwen3_4b_base", "qwen3_32b"),  # RL and evaluation on zebra_puzzles
 }
 
 
@@ -79,7 +81,8 @@ def test_preset_end_to_end_on_standins(experiment, cache, tmp_path):
         "rl.max_new_tokens=32", "evaluate.max_new_tokens=32", "evaluate.num_samples=2",
         "task.num_eval=2",
     ]
-    if experiment == "logic_games":
+    games = experiment.startswith("logic_games")
+    if games:
         common += ["rl.skip_uniform_groups=false"]
     else:
         common += [f"task.train_set={DATA / 'check_train.jsonl'}"]
@@ -93,11 +96,16 @@ def test_preset_end_to_end_on_standins(experiment, cache, tmp_path):
     assert set(json.loads((hf_dir / "summary.json").read_text())) == {"base", "sft", "rl"}
     rl = records(hf_dir, "rl")
     assert len(rl) == 2
-    if experiment != "logic_games":
+    if experiment == "logic_games_shifted":  # every checkpoint also on the RL task
+        summary = json.loads((hf_dir / "summary.json").read_text())
+        assert all(0 <= summary[c]["zebra_puzzles/pass@1"] <= 1 for c in ("base", "sft", "rl"))
+        assert len((hf_dir / "evaluate" / "rl_task" / "rl" / "problems.jsonl").read_text()
+                   .splitlines()) == 2
+    if not games:
         assert any(r["rl/kept_frac"] > 0 for r in rl)  # rewards not all equal: a real update
         assert changed(hf_dir / "sft" / "model", hf_dir / "rl" / "model") > 0
 
-    if experiment == "logic_games":
+    if games:
         return  # its models run through vLLM in aime_qwen3 already; its task is what it adds
     # vLLM: GRPO and evaluation from the same SFT checkpoint, bf16 engine over an fp32 trainer
     vllm_dir = tmp_path / "vllm"

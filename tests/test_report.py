@@ -156,12 +156,12 @@ def test_reversals_are_named_with_both_paired_differences():
     from pear_exp.report import reversals
 
     jobs = [j for j in rank_jobs() if j["seed"] == 0]  # one seed: every pair reverses
-    found = reversals(jobs, "pass@1")
+    found = reversals(jobs, "pass@1", "pass@1")
     assert len(found) == 6  # C(4, 2) pairs
     assert found[0] == ("- none is ahead of token after SFT (+0.100 ± nan) and behind after RL "
                         "(-0.100 ± nan); 1 seeds")
     both = rank_jobs()  # seed 1 agrees with SFT: the RL means tie, so no pair reverses
-    assert reversals(both, "pass@1") == []
+    assert reversals(both, "pass@1", "pass@1") == []
 
 
 def test_training_predictors_come_from_the_last_sft_log_at_or_before_each_checkpoint():
@@ -174,3 +174,22 @@ def test_training_predictors_come_from_the_last_sft_log_at_or_before_each_checkp
     assert summary["sft"] == {"pass@1": 0.5, "train_nll": 1.0, "delta_mean": 0.1}
     assert summary["sft@4"] == {"pass@1": 0.3, "train_nll": 2.0, "delta_mean": -0.2}  # step 2
     assert summary["base"] == {} and summary["rl"] == {}
+
+
+def test_shifted_task_reversals_compare_the_sft_task_offline_with_the_rl_task_online():
+    from pear_exp.report import reversals
+
+    # none leads block on the SFT task after SFT (diffs 0.10, 0.11, 0.12) and after RL (0.1);
+    # on the RL task after RL it trails (diffs -0.10, -0.12, -0.14)
+    sft = {"none": [0.30, 0.32, 0.34], "block": [0.20, 0.21, 0.22]}
+    shifted = {"none": [0.10, 0.10, 0.10], "block": [0.20, 0.22, 0.24]}
+    rl = {"none": 0.5, "block": 0.4}
+    jobs = jobs_of(*[({"weighting.level": lv}, seed,
+                      {"sft": {"pass@1": sft[lv][seed]},
+                       "rl": {"pass@1": rl[lv], "c4/pass@1": shifted[lv][seed]}})
+                     for seed in range(3) for lv in ("none", "block")])
+    assert reversals(jobs, "pass@1", "pass@1") == []  # the same task keeps its order
+    # half-widths: t(0.975, 2) = 4.303 x sd / sqrt(3): sd 0.01 -> 0.025, sd 0.02 -> 0.050
+    assert reversals(jobs, "pass@1", "c4/pass@1") == [
+        "- none is ahead of block after SFT (+0.110 ± 0.025) and behind after RL "
+        "(-0.120 ± 0.050); 3 seeds; clear (both intervals exclude 0)"]
