@@ -110,7 +110,8 @@ def run(cfg: Config, run_dir: Path, resolved_config: dict, choices: dict[str, st
                 if done(rl.from_kept(run_dir / "rl", k)):
                     checkpoints[f"rl@{k}"] = str(rl.from_kept(run_dir / "rl", k) / "model")
             results = evaluate.run(cfg, cfg.task, run_dir / "evaluate", eval_problems, task,
-                                   tracker, checkpoints)
+                                   tracker, checkpoints,
+                                   teacher_data=run_dir / "behavior" / behavior.HELD_OUT / "data")
             if cfg.rl_task is not None:  # every checkpoint on the RL task too: <name>/<metric>
                 name = cfg.rl_task.name
                 shifted = evaluate.run(cfg, cfg.rl_task, run_dir / "evaluate" / "rl_task",

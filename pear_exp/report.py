@@ -15,7 +15,8 @@ sft.keep_steps counts as one more job per kept model (sft.steps = that step, its
 strength is an axis like any other.
 With 3 or more sweep points it also asks whether offline and online rankings agree: Kendall's
 tau and Spearman's rho between each SFT-time quantity (post-SFT pass@1, greedy, pass@k and maj@k
-at the largest k, the NLL of its own samples = their per-token entropy estimate, the training
+at the largest k, the NLL of held-out teacher data (behavior/heldout: the teacher's samples on
+the evaluation problems), the NLL of its own samples = their per-token entropy estimate, the training
 NLL of the teacher data and PEAR's mean log-ratio at its last SFT log, response length,
 no-answer fraction) and post-RL pass@1 across the points,
 within each seed, then mean ± 95% t-interval over seeds; and every pair of points whose order
@@ -210,8 +211,8 @@ def paired_differences(jobs: list[dict], metrics: list[str],
 
 # SFT-time quantities the rank analysis tries as predictors of the post-RL metric, where the
 # summaries hold them (pass@{k_max} and maj@{k_max} are added at the sweep's largest k)
-PREDICTORS = ("pass@1", "greedy", "sample_nll", "train_nll", "delta_mean", "response_length",
-              "no_answer_frac")
+PREDICTORS = ("pass@1", "greedy", "teacher_nll", "sample_nll", "train_nll", "delta_mean",
+              "response_length", "no_answer_frac")
 
 
 def correlations(x: list[float], y: list[float]) -> tuple[float, float]:

@@ -123,3 +123,28 @@ def test_maj_math_votes_answered_samples_over_equal_answers(tokenizer):
                                         {1: True, 2: True, 4: False}]
     maj = (summary["maj@1"], summary["maj@2"], summary["maj@4"])
     assert maj == pytest.approx((1 / 3, 1 / 3, 2 / 3))
+
+
+def test_data_nll_is_the_mean_over_loss_tokens_of_a_plain_forward():
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from pear_exp.data import make_row
+    from pear_exp.stages.evaluate import data_nll
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(
+        vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=16, intermediate_size=64))
+    rows = [make_row([1, 2, 3], [4, 5]), make_row([6, 7], [8, 9, 10, 11]), make_row([12], [13])]
+    total, tokens = 0.0, 0
+    for row in rows:  # one row at a time, no padding: log_softmax of the logits one step back
+        ids = torch.tensor([row["input_ids"]])
+        logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        for t, on in enumerate(row["loss_mask"]):
+            if on:
+                total -= logp[t - 1, ids[0, t]].item()
+                tokens += 1
+    assert tokens == 7
+    # padded batches of up to 2 rows (rows of different lengths) give the same mean
+    assert data_nll(model, rows, pad_id=0, max_rows=2) == pytest.approx(total / tokens, rel=1e-5)

@@ -26,7 +26,13 @@ def test_smoke_pipeline_end_to_end_and_rerun_skips(tmp_path):
     meta = json.loads((run_dir / "behavior" / "meta.json").read_text())
     assert len(data) == meta["kept"] == meta["samples"] == 64 * 2  # keep_only_correct=false
     assert (run_dir / "sft" / "model" / "model.safetensors").exists()
+    # the teacher's samples on the 16 evaluation problems, apart from the training data
+    held = json.loads((run_dir / "behavior" / "heldout" / "meta.json").read_text())
+    assert held["samples"] == held["kept"] == 16 * 2
+    assert len(load_from_disk(str(run_dir / "behavior" / "heldout" / "data"))) == 32
     summary = json.loads((run_dir / "summary.json").read_text())
+    # their NLL per checkpoint: SFT on the teacher's data lowers it
+    assert 0 < summary["sft"]["teacher_nll"] < summary["base"]["teacher_nll"]
     # sft.keep_steps=[2]: the model after SFT step 2, the same RL from it, both evaluated
     assert set(summary) == {"base", "sft", "rl", "sft@2", "rl@2"}
     assert (run_dir / "rl" / "model" / "model.safetensors").exists()

@@ -20,7 +20,9 @@ template and the teacher must share the student's tokenizer (a mismatch is an er
 silently realigned). The artifact, <run_dir>/behavior/, is a datasets dataset with one row per
 example (problem_id, prompt, response and pear_exp.data.Row's input_ids, loss_mask,
 behavior_logprobs = b_t on loss tokens) and meta.json beside it (teacher, source, temperature,
-top_p, top_k, counts). With behavior.top_k = k > 0 each row also holds, for every response token,
+top_p, top_k, counts). The teacher path also samples the evaluation problems the same way into
+heldout/ (data, meta.json): never trained on, the held-out teacher data whose NLL the evaluate
+stage reports for every checkpoint. With behavior.top_k = k > 0 each row also holds, for every response token,
 the k most likely tokens of the same distribution b_t comes from (the processed sampling
 distribution, or the teacher at behavior.temperature when scoring) and their log-probs:
 behavior_topk_ids / behavior_topk_logprobs, what sft.base_loss=kl distils from. With
@@ -58,6 +60,7 @@ from pear_exp.tasks.math import INSTRUCTION
 console = Console()
 # Teacher-forced scoring: padded tokens per forward pass, and LM-head positions at a time (one
 # (SCORE_CHUNK, vocab) float32 block: 156 MB at a 152k vocabulary).
+HELD_OUT = "heldout"  # <behavior dir>/heldout: teacher samples on the evaluation problems
 SCORE_TOKENS = 16_384
 SCORE_CHUNK = 256
 # vLLM scoring: prompt positions per engine step, each step holding a (positions, vocab) float32
@@ -291,6 +294,12 @@ def make_data(cfg: Config, out: Path, train_problems, eval_problems, task) -> No
                                  policy=False, seed=cfg.seed, max_logprobs=b.top_k)) as engine:
             rows, stats = sample_from_teacher(engine, teacher_tok, student_tok, train_problems,
                                               task, b, system, cfg.seed)
+            # the same sampling on the evaluation problems, never trained on: each checkpoint's
+            # NLL of these is the held-out teacher-data NLL (evaluate.teacher_nll); sampled
+            # after the training data, which stays what it was without them
+            held, held_stats = sample_from_teacher(engine, teacher_tok, student_tok,
+                                                   eval_problems, task, b, system, cfg.seed)
+            save(held, {"teacher": cfg.teacher.name, **held_stats}, out / HELD_OUT)
     else:
         if not b.dataset:
             raise DataError("behavior.source=dataset needs behavior.dataset=<JSONL or id>")

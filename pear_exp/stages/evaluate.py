@@ -17,14 +17,19 @@ from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
+import torch
+from datasets import load_from_disk
 from rich.console import Console
 from rich.table import Table
 
 from pear_exp import models
 from pear_exp.config import Config, EvalConfig, TaskConfig
+from pear_exp.data import collate, token_budget_batches
 from pear_exp.metrics import mean_ci95, pass_at_k
 from pear_exp.models import end_of_turn_ids, prompt_ids
+from pear_exp.policy import TokenLogProbs
 from pear_exp.rollout import Completion, RolloutEngine, grade_finished, make_engine
+from pear_exp.stages.behavior import SCORE_CHUNK, SCORE_TOKENS
 from pear_exp.tasks.base import Problem
 from pear_exp.tracking import Tracker
 
@@ -157,6 +162,24 @@ def evaluate_model(engine: RolloutEngine, tokenizer, problems: list[Problem], ta
     return summary, rows
 
 
+@torch.no_grad()
+def data_nll(model, rows: list[dict], pad_id: int, max_rows: int = 64,
+             max_tokens: int = SCORE_TOKENS) -> float:
+    """Mean -log pi(y_t) over the loss tokens of `rows` (input_ids, loss_mask) under `model` at
+    temperature 1, in token-budget batches with chunked log-probs (any vocabulary size)."""
+    model.eval()
+    scorer = TokenLogProbs(model, chunk_size=SCORE_CHUNK)
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for chunk in token_budget_batches(rows, max_rows, max_tokens):
+        batch = collate(chunk, pad_id)
+        out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+        on = batch["loss_mask"].bool()
+        total -= out.logprobs.float().cpu()[on].sum().item()
+        tokens += int(on.sum())
+    return total / max(tokens, 1)
+
+
 def save(summary: dict, rows: list[dict], out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
@@ -170,10 +193,16 @@ CHECKPOINT_STEP = {"base": 0, "sft": 1, "rl": 2}  # the checkpoint axis of the e
 
 
 def run(cfg: Config, task_cfg: TaskConfig, out: Path, eval_problems, task, tracker: Tracker,
-        checkpoints: dict[str, str]) -> dict[str, dict]:
+        checkpoints: dict[str, str], teacher_data: Path | None = None) -> dict[str, dict]:
     """Evaluate each checkpoint ({label: path}) on `task` (configured by task_cfg: cfg.task or
     cfg.rl_task) into out/<label>/ (one engine each; a checkpoint with results.json already is
-    read back, not evaluated again); returns {label: summary}."""
+    read back, not evaluated again); returns {label: summary}. With `teacher_data` (the
+    behavior stage's held-out teacher samples, a saved dataset) each summary also holds
+    teacher_nll, the checkpoint's per-token NLL of them."""
+    held_out = None
+    if teacher_data is not None and teacher_data.exists():
+        held_out = load_from_disk(str(teacher_data)).select_columns(
+            ["input_ids", "loss_mask", "behavior_logprobs"]).to_list() or None
     results = {}
     for label, path in checkpoints.items():
         target = out / label
@@ -187,6 +216,10 @@ def run(cfg: Config, task_cfg: TaskConfig, out: Path, eval_problems, task, track
             summary, rows = evaluate_model(engine, tokenizer, eval_problems, task, cfg.evaluate,
                                            system_prompt=task_cfg.system_prompt, seed=cfg.seed,
                                            label=f"{label} {task_cfg.name}")
+        if held_out is not None:  # after the engine is closed: one model in memory at a time
+            model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
+            summary["teacher_nll"] = data_nll(model, held_out, tokenizer.pad_token_id)
+            del model
         save(summary, rows, target)
         tracker.summary({f"eval/{task_cfg.name}/{label}/{k}": v for k, v in summary.items()})
         # the same numbers on a checkpoint axis (0 base, 1 sft, 2 rl): W&B draws one chart per
