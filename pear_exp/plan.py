@@ -301,6 +301,11 @@ def data_rows(cfg: Config) -> list[tuple[str, str, str]]:
                 top = samples * b.max_new_tokens * topk_bytes_per_token(b.top_k)
                 out.append(("behavior top-k", f"k = {b.top_k}",
                             f"<= {top / GiB:,.1f} GiB on disk if every sample is kept"))
+            held = eval_set_size(t)  # behavior/heldout: teacher_nll's data, never trained on
+            held = held * b.samples_per_prompt if held is not None else None
+            out.append(("held-out teacher samples",
+                        _count(held, f"evaluation problems x {b.samples_per_prompt}"),
+                        _tokens(held, b.max_new_tokens, "generated")))
         else:
             out.append(("behavior samples", f"every row of {b.dataset}", "teacher-forced"))
     if Stage.sft in stages:
