@@ -36,6 +36,7 @@ def scores(sweep: Path):
     points = sorted({p for p, _ in table})
     seeds = sorted({s for _, s in table})
     missing = [(p, s) for p in points for s in seeds if (p, s) not in table]
+    points = [p for p in points if all((p, s) in table for s in seeds)]  # every seed ran
     return table, points, seeds, online, failed, missing
 
 
