@@ -316,14 +316,17 @@ def rank_plot(jobs: list[dict], stats: dict, offline: str, online: str,
         return None
     rank = {c: {p: r for r, p in enumerate(sorted(points, key=lambda p: -stats[(p, c, m)][0]),
                                           start=1)} for c, m in sides.items()}
-    fig, ax = plt.subplots(figsize=(6, max(3, 0.45 * len(points) + 1)))
-    for p in points:
-        ax.plot([0, 1], [rank["sft"][p], rank["rl"][p]], marker="o")
-        ax.annotate(f"{label(p)} {stats[(p, 'sft', offline)][0]:.3f}", (0, rank["sft"][p]),
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.45 * len(points) + 1.5)))
+    for p in points:  # the points in the legend, each side's mean beside its rank
+        ax.plot([0, 1], [rank["sft"][p], rank["rl"][p]], marker="o",
+                label=", ".join(v for _, v in p) or "all")
+        ax.annotate(f"{stats[(p, 'sft', offline)][0]:.3f}", (0, rank["sft"][p]),
                     xytext=(-8, 0), textcoords="offset points", ha="right", va="center")
-        ax.annotate(f"{stats[(p, 'rl', online)][0]:.3f} {label(p)}", (1, rank["rl"][p]),
+        ax.annotate(f"{stats[(p, 'rl', online)][0]:.3f}", (1, rank["rl"][p]),
                     xytext=(8, 0), textcoords="offset points", ha="left", va="center")
-    ax.set_xlim(-0.9, 1.9)
+    ax.legend(title=" / ".join(k for k, _ in points[0]), loc="upper left",
+              bbox_to_anchor=(1.02, 1), fontsize="small")
+    ax.set_xlim(-0.4, 1.4)
     ax.set_ylim(len(points) + 0.5, 0.5)
     ax.set_xticks([0, 1], [f"after SFT ({offline})", f"after RL ({online})"])
     ax.set_yticks(range(1, len(points) + 1))
