@@ -344,7 +344,8 @@ def plots(jobs: list[dict], stats: dict, metric: str, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     points = sorted({j["point"] for j in jobs}, key=point_order)
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(points)), 4))
+    longest = max((len(v) for p in points for _, v in p), default=0)  # tick label characters
+    fig, ax = plt.subplots(figsize=(max(6, len(points) * max(1.2, 0.1 * longest + 0.3)), 4))
     width = 0.38
     for offset, checkpoint in ((-width / 2, "sft"), (width / 2, "rl")):
         means = [stats.get((p, checkpoint, metric), (float("nan"),) * 2)[0] for p in points]
