@@ -16,11 +16,12 @@ strength is an axis like any other.
 With 3 or more sweep points it also asks whether offline and online rankings agree: Kendall's
 tau and Spearman's rho between each SFT-time quantity (post-SFT pass@1, greedy, pass@k and maj@k
 at the largest k, the NLL of held-out teacher data (behavior/heldout: the teacher's samples on
-the evaluation problems), the NLL of its own samples = their per-token entropy estimate, the training
-NLL of the teacher data and PEAR's mean log-ratio at its last SFT log, response length,
-no-answer fraction) and post-RL pass@1 across the points,
-within each seed, then mean ± 95% t-interval over seeds; and every pair of points whose order
-after SFT is the opposite of its order after RL, with both paired differences.
+the evaluation problems), the NLL of its own samples = their per-token entropy estimate, the
+training NLL of the teacher data and PEAR's mean log-ratio at its last SFT log, response length,
+no-answer fraction) and post-RL pass@1 across the points, within each seed, then mean ± 95%
+t-interval over seeds; and every pair of points whose order after SFT is the opposite of its
+order after RL, with both paired differences. With shifted-task RL (every job with the same
+rl_task) the online side is the RL task's pass@1 and the RL task's metrics join the tables.
 Writes report.md, post_sft_vs_post_rl.png, rl_reward.png and rank_sft_vs_rl.png into --out.
 """
 

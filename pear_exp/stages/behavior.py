@@ -22,9 +22,9 @@ example (problem_id, prompt, response and pear_exp.data.Row's input_ids, loss_ma
 behavior_logprobs = b_t on loss tokens) and meta.json beside it (teacher, source, temperature,
 top_p, top_k, counts). The teacher path also samples the evaluation problems the same way into
 heldout/ (data, meta.json): never trained on, the held-out teacher data whose NLL the evaluate
-stage reports for every checkpoint. With behavior.top_k = k > 0 each row also holds, for every response token,
-the k most likely tokens of the same distribution b_t comes from (the processed sampling
-distribution, or the teacher at behavior.temperature when scoring) and their log-probs:
+stage reports for every checkpoint. With behavior.top_k = k > 0 each row also holds, for every
+response token, the k most likely tokens of the same distribution b_t comes from (the processed
+sampling distribution, or the teacher at behavior.temperature when scoring) and their log-probs:
 behavior_topk_ids / behavior_topk_logprobs, what sft.base_loss=kl distils from. With
 behavior.reuse a sweep's runs that would sample the same data share one copy under
 <cache_dir>/behavior (`shared_dir`): a weighting sweep samples its teacher once per seed.
@@ -58,9 +58,9 @@ from pear_exp.tasks.base import Problem
 from pear_exp.tasks.math import INSTRUCTION
 
 console = Console()
+HELD_OUT = "heldout"  # <behavior dir>/heldout: teacher samples on the evaluation problems
 # Teacher-forced scoring: padded tokens per forward pass, and LM-head positions at a time (one
 # (SCORE_CHUNK, vocab) float32 block: 156 MB at a 152k vocabulary).
-HELD_OUT = "heldout"  # <behavior dir>/heldout: teacher samples on the evaluation problems
 SCORE_TOKENS = 16_384
 SCORE_CHUNK = 256
 # vLLM scoring: prompt positions per engine step, each step holding a (positions, vocab) float32
