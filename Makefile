@@ -36,7 +36,7 @@ test: ## the fast, offline, CPU-only test suite (what CI runs)
 test-slow: ## the end-to-end tests that take minutes (sweeps, the full default run; CI runs them)
 	$(PY) -m pytest -q -m slow
 
-test-real: ## every preset end to end on random-init stand-ins of its models, hf and vLLM (~14 min)
+test-real: ## every preset end to end on random-init stand-ins of its models, hf and vLLM (~16 min)
 	$(PY) -m pytest -q -m real_shape
 
 bench: ## performance against TRL and the machine's matmul peak (installs the bench extra, TRL; ~9 min idle)

@@ -2,7 +2,7 @@
 models (pear_exp/standins.py: the real 152k vocabularies, tokenizers, chat templates,
 generation_config.json files, head_dim 128), shrunk by `+budget=check`, with both engines.
 
-    make test-real        # CI runs it; 13 min 40 s on 2 idle cores, stand-in builds included
+    make test-real        # CI runs it; 16 min 12 s on 2 cores, stand-in builds included
 
 Per preset: behavior from a shipped prompt/response file scored by the teacher stand-in, then
 PEAR-weighted SFT, GRPO and evaluation through the hf engine; then GRPO and evaluation again from
