@@ -257,11 +257,15 @@ def memory_rows(cfg: Config, student: ModelPlan, teacher: ModelPlan, gpu_bytes: 
         rows.append(Row("rl", "total", totals, note))
     if Stage.evaluate in stages:
         e = cfg.evaluate
-        tasks = [cfg.task] + ([cfg.rl_task] if cfg.rl_task is not None else [])
-        sequences = max(eval_set_size(t) or 1 for t in tasks) * e.num_samples
+        sequences = max(eval_set_size(t) or 1 for t in evaluated_tasks(cfg)) * e.num_samples
         engine_total("evaluate", engine_rows("evaluate", student, cfg.model, e.max_new_tokens,
                                              sequences))
     return rows
+
+
+def evaluated_tasks(cfg: Config) -> list[TaskConfig]:
+    """The tasks every checkpoint is evaluated on: the task, and the RL task when shifted."""
+    return [cfg.task] + ([cfg.rl_task] if cfg.rl_task is not None else [])
 
 
 def eval_set_size(t: TaskConfig) -> int | None:
@@ -323,8 +327,7 @@ def data_rows(cfg: Config) -> list[tuple[str, str, str]]:
             evals = rl.steps // rl.eval_every
             out.append(("rl held-out evals", f"{evals} x {rl.eval_problems} problems", ""))
     checkpoints = 1 + starts * ((Stage.sft in stages) + (Stage.rl in stages))
-    evaluated = [t] + ([cfg.rl_task] if cfg.rl_task is not None else [])
-    for task in evaluated if Stage.evaluate in stages else []:  # every checkpoint on each
+    for task in evaluated_tasks(cfg) if Stage.evaluate in stages else []:  # each checkpoint
         problems = eval_set_size(task)
         per = problems * e.num_samples if problems is not None else None
         count = (f"{problems} problems x {e.num_samples} samples x {checkpoints} checkpoints"

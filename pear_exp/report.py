@@ -384,6 +384,12 @@ def plots(jobs: list[dict], stats: dict, metric: str, out: Path) -> list[str]:
     return written
 
 
+def shifted_task(jobs: list[dict]) -> str | None:
+    """The RL task's name when every job ran RL on the same shifted task (rl_task), else None."""
+    names = {j["config"].get("rl_task.name") for j in jobs}
+    return names.pop() if len(names) == 1 and None not in names else None
+
+
 def report(sweep: Path, out: Path) -> str:
     jobs, failed = load_jobs(sweep)
     if not jobs:
@@ -395,8 +401,7 @@ def report(sweep: Path, out: Path) -> str:
     metrics = list(dict.fromkeys(metrics))  # pass@1 once when n = 1
     # shifted-task RL (every job's rl_task the same task): the online ranking is by the RL
     # task's pass@1, its metrics get a table of their own, its SFT-time values are predictors too
-    rl_tasks = {j["config"].get("rl_task.name") for j in jobs}
-    rl_task = rl_tasks.pop() if len(rl_tasks) == 1 and None not in rl_tasks else None
+    rl_task = shifted_task(jobs)
     shifted = [f"{rl_task}/{m}" for m in metrics] if rl_task else []
     offline, online = "pass@1", shifted[metrics.index("pass@1")] if rl_task else "pass@1"
     text, stats = table(jobs, metrics + shifted)

@@ -18,15 +18,14 @@ import itertools
 from pathlib import Path
 
 from pear_exp.metrics import mean_ci95
-from pear_exp.report import LEVEL, correlations, load_jobs
+from pear_exp.report import LEVEL, correlations, load_jobs, shifted_task
 
 GAP = 0.02
 
 
 def scores(sweep: Path):
     jobs, failed = load_jobs(sweep)
-    rl_task = {j["config"].get("rl_task.name") for j in jobs}
-    name = rl_task.pop() if len(rl_task) == 1 and None not in rl_task else None
+    name = shifted_task(jobs)
     online = f"{name}/pass@1" if name else "pass@1"
     table = {}  # (point, seed) -> (offline, online)
     for j in jobs:

@@ -178,12 +178,14 @@ def set_scores(row: dict, logprobs, top_ids=None, top_logprobs=None) -> None:
 
 
 def score_with_model(teacher, rows: list[dict], cfg: BehaviorConfig, batch_size: int,
-                     max_tokens: int, pad_id: int) -> None:
+                     max_tokens: int, pad_id: int, desc: str = "behavior: teacher scoring") -> None:
+    """Each row's behavior_logprobs (and top-k) from `teacher`'s forward at cfg.temperature, at
+    most batch_size rows and max_tokens padded tokens a pass."""
     teacher.eval()
     scorer = TokenLogProbs(teacher, chunk_size=SCORE_CHUNK)  # never (batch, seq, vocab) logits
     device = next(teacher.parameters()).device
     batches = list(token_budget_batches(rows, batch_size, max_tokens))
-    for chunk in tqdm(batches, desc="behavior: teacher scoring", leave=False):
+    for chunk in tqdm(batches, desc=desc, leave=False):
         batch = collate(chunk, pad_id)
         out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                      temperature=cfg.temperature, top_k=cfg.top_k)

@@ -23,13 +23,11 @@ from rich.console import Console
 from rich.table import Table
 
 from pear_exp import models
-from pear_exp.config import Config, EvalConfig, TaskConfig
-from pear_exp.data import collate, token_budget_batches
+from pear_exp.config import BehaviorConfig, Config, Engine, EvalConfig, TaskConfig
 from pear_exp.metrics import mean_ci95, pass_at_k
 from pear_exp.models import end_of_turn_ids, prompt_ids
-from pear_exp.policy import TokenLogProbs
 from pear_exp.rollout import Completion, RolloutEngine, grade_finished, make_engine
-from pear_exp.stages.behavior import SCORE_CHUNK, SCORE_TOKENS
+from pear_exp.stages.behavior import SCORE_TOKENS, score_with_model
 from pear_exp.tasks.base import Problem
 from pear_exp.tracking import Tracker
 
@@ -166,18 +164,13 @@ def evaluate_model(engine: RolloutEngine, tokenizer, problems: list[Problem], ta
 def data_nll(model, rows: list[dict], pad_id: int, max_rows: int = 64,
              max_tokens: int = SCORE_TOKENS) -> float:
     """Mean -log pi(y_t) over the loss tokens of `rows` (input_ids, loss_mask) under `model` at
-    temperature 1, in token-budget batches with chunked log-probs (any vocabulary size)."""
-    model.eval()
-    scorer = TokenLogProbs(model, chunk_size=SCORE_CHUNK)
-    device = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    for chunk in token_budget_batches(rows, max_rows, max_tokens):
-        batch = collate(chunk, pad_id)
-        out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device))
-        on = batch["loss_mask"].bool()
-        total -= out.logprobs.float().cpu()[on].sum().item()
-        tokens += int(on.sum())
-    return total / max(tokens, 1)
+    temperature 1: the behavior stage's teacher-forced scoring, with `model` as the scorer."""
+    scored = [dict(row) for row in rows]  # scoring writes behavior_logprobs; the rows stay
+    score_with_model(model, scored, BehaviorConfig(temperature=1.0, top_k=0), max_rows,
+                     max_tokens, pad_id, desc="evaluate: teacher-data NLL")
+    logprobs = [v for row in scored for v, on in zip(row["behavior_logprobs"], row["loss_mask"])
+                if on]
+    return -sum(logprobs) / max(len(logprobs), 1)
 
 
 def save(summary: dict, rows: list[dict], out_dir: Path) -> None:
@@ -210,14 +203,19 @@ def run(cfg: Config, task_cfg: TaskConfig, out: Path, eval_problems, task, track
             results[label] = json.loads((target / "results.json").read_text())
             continue
         tokenizer = models.load_tokenizer(path, cfg.model)
-        with closing(make_engine(cfg.rollout, path, tokenizer, dtype=cfg.model.dtype,
+        # the hf engine generates with the model that scores the teacher data: one load
+        model = None
+        if held_out is not None and cfg.rollout.engine == Engine.hf:
+            model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
+        with closing(make_engine(cfg.rollout, path, tokenizer, model=model, dtype=cfg.model.dtype,
                                  trust_remote_code=cfg.model.trust_remote_code,
                                  seed=cfg.seed)) as engine:
             summary, rows = evaluate_model(engine, tokenizer, eval_problems, task, cfg.evaluate,
                                            system_prompt=task_cfg.system_prompt, seed=cfg.seed,
                                            label=f"{label} {task_cfg.name}")
-        if held_out is not None:  # after the engine is closed: one model in memory at a time
-            model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
+        if held_out is not None:  # vLLM: loaded after its engine is closed, one at a time
+            if model is None:
+                model = models.load_model(path, cfg.model.dtype, cfg.model.trust_remote_code)
             summary["teacher_nll"] = data_nll(model, held_out, tokenizer.pad_token_id)
             del model
         save(summary, rows, target)
